@@ -1,0 +1,1 @@
+"""correctionlib-based corrections, weights and systematic variations."""

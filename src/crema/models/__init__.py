@@ -1,0 +1,1 @@
+"""Columnar ML model wrappers (ONNX runtime core) usable inside or outside processors."""

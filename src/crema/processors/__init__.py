@@ -1,0 +1,1 @@
+"""coffea processors: select -> correct -> infer -> fill."""

@@ -1,0 +1,1 @@
+"""NanoAODv12 object and event selections, pure functions over NanoEvents collections."""

@@ -1,0 +1,1 @@
+"""Configuration, datasets, executors, command line, outputs and plots."""
