@@ -1,0 +1,206 @@
+"""The HH->bbWW processor: select -> correct -> infer -> fill, for the SL and DL channels."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import awkward as ak
+import numpy as np
+from coffea import processor
+from coffea.analysis_tools import Weights
+
+from crema.corrections.btag import working_point
+from crema.corrections.era import EraConfig
+from crema.processors.common import (
+    SampleInfo,
+    book,
+    load_histogram_specs,
+    normalisation,
+    scale_dataset,
+)
+from crema.schema import ConfigError
+from crema.selections import hhbbww as sel
+from crema.selections.config import load_selection
+from crema.selections.objects import by_score
+
+
+@dataclass(frozen=True)
+class HHbbWWOptions:
+    """Processor options (the ``processor.options`` block of a run config)."""
+
+    selection: str = "hhbbww_run3"
+    histograms: str = "hhbbww"
+    met: Literal["PuppiMET", "MET"] = "PuppiMET"
+    channels: list[str] = field(default_factory=lambda: ["sl", "dl"])
+
+    def validate(self) -> None:
+        for ch in self.channels:
+            if ch not in sel.CHANNELS:
+                raise ConfigError(f"channels: unknown channel {ch!r} (known: {', '.join(sel.CHANNELS)})")
+
+
+@dataclass
+class _Event:
+    """Per-event inputs of the observables, padded once so each observable is a cheap lookup."""
+
+    objects: sel.Objects
+    inferred: dict[str, ak.Array]
+    btag_score: str
+
+    def __post_init__(self):
+        self.lep = ak.pad_none(self.objects.leptons, 2, axis=1)
+        self.jet = ak.pad_none(self.objects.jets, 2, axis=1)
+        self.bjet_pair = ak.pad_none(by_score(self.objects.jets, self.btag_score)[:, :2], 2, axis=1)
+        self.fatjet = ak.pad_none(self.objects.fatjets, 1, axis=1)
+
+OBSERVABLES: dict[str, Callable[[_Event], ak.Array]] = {
+    "lep1_pt": lambda e: e.lep[:, 0].pt,
+    "lep1_eta": lambda e: e.lep[:, 0].eta,
+    "lep2_pt": lambda e: e.lep[:, 1].pt,
+    "jet1_pt": lambda e: e.jet[:, 0].pt,
+    "jet1_eta": lambda e: e.jet[:, 0].eta,
+    "jet2_pt": lambda e: e.jet[:, 1].pt,
+    "fatjet1_pt": lambda e: e.fatjet[:, 0].pt,
+    "m_ll": lambda e: (e.lep[:, 0] + e.lep[:, 1]).mass,
+    "m_bb": lambda e: (e.bjet_pair[:, 0] + e.bjet_pair[:, 1]).mass,
+    "met_pt": lambda e: e.objects.met.pt,
+    "n_jets": lambda e: ak.num(e.objects.jets, axis=1),
+    "n_bjets": lambda e: ak.num(e.objects.bjets, axis=1),
+    "n_fatjets": lambda e: ak.num(e.objects.fatjets, axis=1),
+}
+
+
+class HHbbWWProcessor(processor.ProcessorABC):
+    """Resonant HH->bbWW analysis in the single-lepton (sl) and double-lepton (dl) channels.
+
+    ``process`` reads top to bottom: select objects, correct them (hook), run models (hook),
+    then per channel apply the cutflow and fill histograms per region. ``postprocess`` scales
+    simulated datasets to cross section x luminosity.
+    """
+
+    def __init__(
+        self,
+        options: HHbbWWOptions,
+        samples: dict[str, SampleInfo],
+        era: EraConfig,
+        luminosity_fb: float,
+    ) -> None:
+        self.options = options
+        self.samples = samples
+        self.luminosity_fb = luminosity_fb
+        self.selection = load_selection(options.selection)
+        self.btag_threshold = working_point(
+            era.path("btag_file"), self.selection.btag.tagger, self.selection.btag.working_point
+        )
+        self.hist_specs = load_histogram_specs(options.histograms)
+        unknown = sorted(set(self.hist_specs) - set(OBSERVABLES))
+        if unknown:
+            raise ConfigError(
+                f"histograms.{unknown[0]}: unknown observable (known: {', '.join(OBSERVABLES)})"
+            )
+        self.channels = [ch for ch in options.channels if ch in self.selection.channels]
+
+    # ------------------------------------------------------------------ interface
+    def required_branches(self, sample: SampleInfo) -> dict[str, str]:
+        """Branches this processor reads for ``sample``, each mapped to what needs it."""
+        needs = sel.required_branches(self.selection, self.options.met)
+        if sample.is_mc:
+            needs["genWeight"] = "event weights (simulated datasets)"
+        return needs
+
+    def empty_output(self) -> dict[str, Any]:
+        """The output of a run over no events: empty histograms and counters."""
+        return {
+            "histograms": book(self.hist_specs, self.channels, list(self.selection.regions)),
+            "sumw": {},
+            "nevents": {},
+            "cutflow": {},
+            "cutflow_weighted": {},
+            "processed": {},
+        }
+
+    def process(self, events: ak.Array) -> dict[str, Any]:
+        dataset = events.metadata["dataset"]
+        sample = self.samples[dataset]
+        out = self.empty_output()
+        n = len(events)
+        out["nevents"][dataset] = n
+        out["processed"][events.metadata["filename"]] = n
+
+        objects = self.select(events)
+        objects = self.correct(events, objects)
+        weights = self.weights(events, sample)
+        out["sumw"][dataset] = float(np.sum(weights.weight())) if n else 0.0
+
+        regions = sel.region_masks(objects, self.selection.regions)
+        for channel in self.channels:
+            selection, cuts = sel.channel_selection(objects, channel, self.selection.channels[channel])
+            self.fill_cutflow(out, dataset, channel, selection, cuts, weights)
+            mask = selection.all(*cuts)
+            inferred = self.infer(channel, events[mask], objects[mask])
+            self.fill(out["histograms"], dataset, channel, "nominal", objects[mask], inferred,
+                      weights.weight()[mask], {r: m[mask] for r, m in regions.items()})
+        return out
+
+    def postprocess(self, accumulator: dict[str, Any]) -> dict[str, Any]:
+        """Scale each simulated dataset to xsec x luminosity / sum of genWeight (returns a copy)."""
+        out = copy.deepcopy(accumulator)
+        scales = {ds: normalisation(self.samples[ds], sumw, self.luminosity_fb) for ds, sumw in out["sumw"].items()}
+        for h in out["histograms"].values():
+            for ds, factor in scales.items():
+                scale_dataset(h, ds, factor)
+        out["cutflow_yield"] = {
+            ds: {ch: {cut: w * scales[ds] for cut, w in cuts.items()} for ch, cuts in chans.items()}
+            for ds, chans in out["cutflow_weighted"].items()
+        }
+        out["scale"] = scales
+        out["luminosity_fb"] = self.luminosity_fb
+        return out
+
+    # ------------------------------------------------------------------ steps
+    def select(self, events: ak.Array) -> sel.Objects:
+        """Object selection (crema.selections)."""
+        return sel.select_objects(events, self.selection, self.btag_threshold, self.options.met)
+
+    def correct(self, events: ak.Array, objects: sel.Objects) -> sel.Objects:
+        """Object corrections (crema.corrections); none are applied yet."""
+        return objects
+
+    def infer(self, channel: str, events: ak.Array, objects: sel.Objects) -> dict[str, ak.Array]:
+        """Model outputs per selected event (crema.models), by observable name; none yet."""
+        return {}
+
+    def weights(self, events: ak.Array, sample: SampleInfo) -> Weights:
+        """Event weights with coffea ``Weights``: genWeight for simulation, 1 for data."""
+        weights = Weights(len(events), storeIndividual=True)
+        if sample.is_mc:
+            weights.add("genWeight", np.asarray(ak.to_numpy(events.genWeight), dtype=np.float64))
+        return weights
+
+    @staticmethod
+    def fill_cutflow(out, dataset, channel, selection, cuts, weights) -> None:
+        w = weights.weight()
+        counts = {"all events": len(w)}
+        sums = {"all events": float(w.sum())}
+        for i, cut in enumerate(cuts):
+            mask = selection.all(*cuts[: i + 1])
+            counts[cut] = int(mask.sum())
+            sums[cut] = float(w[mask].sum())
+        out["cutflow"].setdefault(dataset, {})[channel] = counts
+        out["cutflow_weighted"].setdefault(dataset, {})[channel] = sums
+
+    def fill(self, hists, dataset, channel, systematic, objects, inferred, weight, regions) -> None:
+        """Fill every booked observable for the selected events of one channel, per region."""
+        event = _Event(objects, inferred, self.selection.btag.score)
+        for name, h in hists.items():
+            values = OBSERVABLES[name](event)
+            values = np.asarray(ak.to_numpy(ak.fill_none(values, np.nan)), dtype=np.float64)
+            valid = np.isfinite(values)
+            for region, in_region in regions.items():
+                m = valid & in_region
+                if m.any():
+                    h.fill(dataset=dataset, channel=channel, region=region, systematic=systematic,
+                           weight=weight[m], **{name: values[m]})

@@ -1,0 +1,111 @@
+"""HH->bbWW event selection: selected objects, single- and double-lepton channel cutflows, regions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import awkward as ak
+import numpy as np
+from coffea.analysis_tools import PackedSelection
+
+from crema.selections.config import ChannelCuts, Region, SelectionConfig
+from crema.selections.objects import SELECTION_BRANCHES, btagged, count, fatjet_mask, jet_masks, leptons
+
+CHANNELS = ("sl", "dl")
+
+
+@dataclass(frozen=True)
+class Objects:
+    """The selected objects of a chunk (one entry per event).
+
+    ``jets`` are the selected central AK4 jets in pt order, ``bjets`` the b-tagged subset;
+    ``forward_jets`` the selected forward AK4 jets; ``fatjets`` the selected AK8 jets.
+    """
+
+    leptons: ak.Array
+    jets: ak.Array
+    bjets: ak.Array
+    forward_jets: ak.Array
+    fatjets: ak.Array
+    met: ak.Array
+
+    def __getitem__(self, mask) -> "Objects":
+        return Objects(**{name: getattr(self, name)[mask] for name in self.__dataclass_fields__})
+
+
+def required_branches(cfg: SelectionConfig, met: str) -> dict[str, str]:
+    """NanoAOD branches the selection reads, each with what needs it."""
+    needs = {b: "object selection" for b in SELECTION_BRANCHES}
+    needs[f"Electron_{cfg.electron.id}"] = "electron ID (selection.electron.id)"
+    needs[f"Electron_{cfg.electron.tight_id}"] = "tight electron ID (selection.electron.tight_id)"
+    needs[f"Muon_{cfg.muon.id}"] = "muon ID (selection.muon.id)"
+    needs[f"Muon_{cfg.muon.tight_id}"] = "tight muon ID (selection.muon.tight_id)"
+    needs[f"Jet_{cfg.btag.score}"] = f"b-tagging (selection.btag.score, {cfg.btag.working_point} working point)"
+    needs[f"{met}_pt"] = needs[f"{met}_phi"] = "missing transverse momentum (processor option met)"
+    return needs
+
+
+def select_objects(events: ak.Array, cfg: SelectionConfig, btag_threshold: float, met: str = "PuppiMET") -> Objects:
+    """Apply the object selections of ``cfg`` to a chunk of NanoEvents."""
+    leps = leptons(events.Electron, events.Muon, cfg.electron, cfg.muon)
+    central, forward = jet_masks(events.Jet, leps, cfg.jet)
+    jets = events.Jet[central]
+    return Objects(
+        leptons=leps,
+        jets=jets,
+        bjets=jets[btagged(jets, cfg.btag.score, btag_threshold)],
+        forward_jets=events.Jet[forward],
+        fatjets=events.FatJet[fatjet_mask(events.FatJet, leps, cfg.fatjet)],
+        met=events[met],
+    )
+
+
+def channel_selection(objects: Objects, channel: str, cuts: ChannelCuts) -> tuple[PackedSelection, list[str]]:
+    """The cuts of one channel as a coffea ``PackedSelection`` and their names in cutflow order."""
+    if channel not in CHANNELS:
+        raise ValueError(f"unknown channel {channel!r} (known: {', '.join(CHANNELS)})")
+    leps = objects.leptons
+    n_lep = cuts.n_leptons
+    lead = ak.pad_none(leps, 2, axis=1)
+    n_central = ak.num(objects.jets, axis=1)
+    n_fat = ak.num(objects.fatjets, axis=1)
+
+    selection = PackedSelection()
+    names = []
+
+    def add(name, mask):
+        selection.add(name, np.asarray(ak.to_numpy(ak.fill_none(mask, False)), dtype=bool))
+        names.append(name)
+
+    add(f"{n_lep} lepton{'s' if n_lep > 1 else ''}", ak.num(leps, axis=1) == n_lep)
+    pt_ok = lead[:, 0].pt > cuts.leading_lepton_pt_min
+    if n_lep > 1:
+        pt_ok = pt_ok & (lead[:, 1].pt > cuts.subleading_lepton_pt_min)
+    add("lepton pt", pt_ok)
+    if cuts.opposite_charge and n_lep > 1:
+        add("opposite charge", lead[:, 0].charge * lead[:, 1].charge < 0)
+    if cuts.tight_leptons:
+        add("tight leptons", ak.all(leps[:, :n_lep].tight, axis=1))
+    resolved = n_central >= cuts.min_central_jets
+    if cuts.min_jets_with_forward:
+        resolved = resolved & (n_central + ak.num(objects.forward_jets, axis=1) >= cuts.min_jets_with_forward)
+    add("jets", resolved | (n_fat >= cuts.min_fatjets))
+    return selection, names
+
+
+def region_masks(objects: Objects, regions: dict[str, Region]) -> dict[str, np.ndarray]:
+    """Per-region event masks from b-tagged jet and fat-jet multiplicities (regions may overlap)."""
+    n_b = ak.to_numpy(ak.num(objects.bjets, axis=1))
+    n_fat = ak.to_numpy(ak.num(objects.fatjets, axis=1))
+    masks = {}
+    for name, reg in regions.items():
+        mask = (n_b >= reg.min_bjets) & (n_fat >= reg.min_fatjets)
+        if reg.max_bjets is not None:
+            mask &= n_b <= reg.max_bjets
+        if reg.max_fatjets is not None:
+            mask &= n_fat <= reg.max_fatjets
+        masks[name] = mask
+    return masks
+
+
+__all__ = ["CHANNELS", "Objects", "channel_selection", "count", "region_masks", "required_branches", "select_objects"]

@@ -1,0 +1,142 @@
+"""NanoAODv12 object selections: pure functions from collections and thresholds to masks/collections.
+
+Each function states the branches it reads in ``uses`` so a processor can check its inputs up front.
+"""
+
+from __future__ import annotations
+
+import awkward as ak
+import numpy as np
+from coffea.nanoevents.methods import candidate
+
+from crema.selections.config import ElectronCuts, JetCuts, MuonCuts
+
+
+def _uses(*branches: str):
+    """Record the NanoAOD branches a selection function reads (columnflow-style ``uses``)."""
+
+    def decorate(func):
+        func.uses = frozenset(branches)
+        return func
+
+    return decorate
+
+
+@_uses("Electron_pt", "Electron_eta", "Electron_dz", "Electron_dxy", "Electron_sip3d", "Electron_miniPFRelIso_all")
+def electron_mask(electrons: ak.Array, cuts: ElectronCuts) -> ak.Array:
+    """Loose (fakeable) electrons: kinematics, impact parameters, mini-isolation and ``cuts.id``."""
+    return (
+        (electrons.pt > cuts.pt_min)
+        & (abs(electrons.eta) < cuts.abs_eta_max)
+        & (abs(electrons.dz) < cuts.abs_dz_max)
+        & (abs(electrons.dxy) < cuts.abs_dxy_max)
+        & (electrons.sip3d <= cuts.sip3d_max)
+        & (electrons.miniPFRelIso_all < cuts.mini_iso_max)
+        & electrons[cuts.id]
+    )
+
+
+@_uses("Muon_pt", "Muon_eta", "Muon_dz", "Muon_dxy", "Muon_sip3d", "Muon_pfIsoId")
+def muon_mask(muons: ak.Array, cuts: MuonCuts) -> ak.Array:
+    """Loose muons: kinematics, impact parameters, PF isolation ID and ``cuts.id``."""
+    return (
+        (muons.pt > cuts.pt_min)
+        & (abs(muons.eta) < cuts.abs_eta_max)
+        & (abs(muons.dz) < cuts.abs_dz_max)
+        & (abs(muons.dxy) < cuts.abs_dxy_max)
+        & (muons.sip3d <= cuts.sip3d_max)
+        & (muons.pfIsoId >= cuts.pf_iso_id_min)
+        & muons[cuts.id]
+    )
+
+
+def leptons(electrons: ak.Array, muons: ak.Array, ecuts: ElectronCuts, mcuts: MuonCuts) -> ak.Array:
+    """Selected electrons and muons as one pt-sorted collection with vector behaviour.
+
+    Fields: pt, eta, phi, mass, charge, pdgId, tight. ``ak.concatenate`` of the two NanoEvents
+    collections would give a union without vector methods, so one record type is built first.
+    """
+    parts = []
+    for coll, mask, tight_id in (
+        (electrons, electron_mask(electrons, ecuts), ecuts.tight_id),
+        (muons, muon_mask(muons, mcuts), mcuts.tight_id),
+    ):
+        sel = coll[mask]
+        parts.append(
+            ak.zip(
+                {
+                    "pt": sel.pt,
+                    "eta": sel.eta,
+                    "phi": sel.phi,
+                    "mass": sel.mass,
+                    "charge": sel.charge,
+                    "pdgId": sel.pdgId,
+                    "tight": sel[tight_id],
+                },
+                with_name="PtEtaPhiMCandidate",
+                behavior=candidate.behavior,
+            )
+        )
+    merged = ak.concatenate(parts, axis=1)
+    return merged[ak.argsort(merged.pt, axis=1, ascending=False)]
+
+
+def _cleaned(objects: ak.Array, leptons: ak.Array, dr_min: float) -> ak.Array:
+    # an object with no lepton nearby passes: ak.all over an empty lepton list is True
+    return ak.all(objects.metric_table(leptons) >= dr_min, axis=2)
+
+
+@_uses("Jet_pt", "Jet_eta", "Jet_phi", "Jet_mass", "Jet_jetId")
+def jet_masks(jets: ak.Array, leptons: ak.Array, cuts: JetCuts) -> tuple[ak.Array, ak.Array]:
+    """(central, forward) AK4 jet masks: pt, jet ID, lepton cleaning and the two |eta| ranges.
+
+    Forward jets lie in ``abs_eta_max <= |eta| < forward_abs_eta_max`` (none if that is unset).
+    """
+    abs_eta = abs(jets.eta)
+    base = (jets.pt > cuts.pt_min) & ((jets.jetId & cuts.jet_id_mask) == cuts.jet_id_mask)
+    base = base & _cleaned(jets, leptons, cuts.lepton_dr_min)
+    central = base & (abs_eta < cuts.abs_eta_max)
+    if cuts.forward_abs_eta_max is None:
+        forward = ak.zeros_like(central)
+    else:
+        forward = base & (abs_eta >= cuts.abs_eta_max) & (abs_eta < cuts.forward_abs_eta_max)
+    return central, forward
+
+
+@_uses("FatJet_pt", "FatJet_eta", "FatJet_phi", "FatJet_mass", "FatJet_jetId")
+def fatjet_mask(fatjets: ak.Array, leptons: ak.Array, cuts: JetCuts) -> ak.Array:
+    """AK8 jets: pt, |eta|, jet ID and cleaning against selected leptons."""
+    return (
+        (fatjets.pt > cuts.pt_min)
+        & (abs(fatjets.eta) < cuts.abs_eta_max)
+        & ((fatjets.jetId & cuts.jet_id_mask) == cuts.jet_id_mask)
+        & _cleaned(fatjets, leptons, cuts.lepton_dr_min)
+    )
+
+
+def btagged(jets: ak.Array, score: str, threshold: float) -> ak.Array:
+    """Jets whose ``score`` branch exceeds the working-point ``threshold``."""
+    return jets[score] > threshold
+
+
+def by_score(jets: ak.Array, score: str) -> ak.Array:
+    """Jets sorted by descending ``score``."""
+    return jets[ak.argsort(jets[score], axis=1, ascending=False)]
+
+
+def pad_first(values: ak.Array, n: int) -> list[ak.Array]:
+    """The first ``n`` entries of each event as ``n`` arrays with None where missing."""
+    padded = ak.pad_none(values, n, axis=1, clip=True)
+    return [padded[:, i] for i in range(n)]
+
+
+def count(mask: ak.Array) -> np.ndarray:
+    """Per-event number of True entries of a jagged mask, as numpy."""
+    return ak.to_numpy(ak.sum(mask, axis=1))
+
+
+SELECTION_BRANCHES = (
+    electron_mask.uses | muon_mask.uses | jet_masks.uses | fatjet_mask.uses
+    | {"Electron_phi", "Electron_mass", "Electron_charge", "Electron_pdgId",
+       "Muon_phi", "Muon_mass", "Muon_charge", "Muon_pdgId"}
+)

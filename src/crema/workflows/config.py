@@ -1,0 +1,164 @@
+"""The run configuration: datasets, processor, era, executor and output, validated at start-up."""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from crema.processors.common import SampleInfo
+from crema.schema import ConfigError, from_dict, load_yaml, to_dict
+
+
+@dataclass(frozen=True)
+class GenerateSpec:
+    """How a dataset is made with crema's generator (used by ``crema demo``)."""
+
+    process: str
+    events: int
+    seed: int = 0
+    mass: float = 800.0
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One dataset: files (paths or globs, relative to the config file) and its physics metadata."""
+
+    name: str
+    kind: Literal["signal", "background", "data"]
+    process: str
+    files: list[str] = field(default_factory=list)
+    xsec_pb: float | None = None
+    treename: str = "Events"
+    generate: GenerateSpec | None = None
+
+    def validate(self) -> None:
+        if self.kind != "data" and self.xsec_pb is None:
+            raise ConfigError("xsec_pb: simulated datasets need a cross section in pb")
+        if not self.files and self.generate is None:
+            raise ConfigError("files: no input files given")
+
+    @property
+    def sample(self) -> SampleInfo:
+        return SampleInfo(self.name, self.kind, self.process, self.xsec_pb)
+
+
+@dataclass(frozen=True)
+class JobQueue:
+    """A dask-jobqueue batch cluster; ``options`` go to the cluster class unchanged."""
+
+    kind: Literal["htcondor", "slurm"]
+    jobs: int = 1
+    cores: int = 1
+    memory: str = "2GB"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """How chunks are run. ``dask`` starts a LocalCluster unless ``scheduler`` or ``jobqueue`` is set."""
+
+    name: Literal["iterative", "futures", "dask"] = "iterative"
+    workers: int = 1
+    threads_per_worker: int = 1
+    scheduler: str | None = None
+    jobqueue: JobQueue | None = None
+    chunksize: int = 100_000
+    maxchunks: int | None = None
+    skip_bad_files: bool = False
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.workers < 1:
+            raise ConfigError("workers: must be >= 1")
+        if self.chunksize < 1:
+            raise ConfigError("chunksize: must be >= 1")
+        if (self.scheduler or self.jobqueue) and self.name != "dask":
+            raise ConfigError("name: scheduler/jobqueue settings need the dask executor")
+
+
+@dataclass(frozen=True)
+class ProcessorConfig:
+    """Which processor runs and its options (validated by the processor's own schema)."""
+
+    name: Literal["hhbbww"] = "hhbbww"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PlotConfig:
+    """Which nominal histograms ``crema run`` draws (null: all)."""
+
+    regions: list[str] | None = field(default_factory=lambda: ["inclusive"])
+    observables: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole crema run."""
+
+    datasets: list[Dataset]
+    luminosity_fb: float
+    processor: ProcessorConfig = field(default_factory=ProcessorConfig)
+    era: str = "2022"
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    output: str = "crema-out"
+    plots: PlotConfig = field(default_factory=PlotConfig)
+
+    def validate(self) -> None:
+        names = [d.name for d in self.datasets]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"datasets: dataset name {dupes[0]!r} appears twice")
+        if not self.datasets:
+            raise ConfigError("datasets: at least one dataset is needed")
+
+    @property
+    def samples(self) -> dict[str, SampleInfo]:
+        return {d.name: d.sample for d in self.datasets}
+
+    def fileset(self) -> dict[str, dict[str, Any]]:
+        """coffea fileset ``{dataset: {"files": {path: treename}}}`` with globs expanded."""
+        return {d.name: {"files": {f: d.treename for f in expand_files(d)}} for d in self.datasets}
+
+    def with_executor(self, **changes: Any) -> "Config":
+        """A copy with executor settings replaced (command-line overrides)."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        executor = from_dict(ExecutorConfig, {**to_dict(self.executor), **changes}, "executor")
+        return replace(self, executor=executor)
+
+
+def expand_files(dataset: Dataset) -> list[str]:
+    """Expand the dataset's globs; a pattern that matches nothing is an error naming it."""
+    files: list[str] = []
+    for pattern in dataset.files:
+        if "://" in pattern:  # remote (xrootd, https): taken as is
+            files.append(pattern)
+            continue
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not matches:
+            raise ConfigError(f"datasets.{dataset.name}.files: {pattern!r} matches no file")
+        files.extend(matches)
+    return files
+
+
+def _absolute(dataset: Dataset, base: Path) -> Dataset:
+    files = [f if "://" in f or Path(f).is_absolute() else str((base / f).resolve()) for f in dataset.files]
+    return replace(dataset, files=files)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a run config; relative file paths resolve against the config's folder."""
+    path = Path(path)
+    data = load_yaml(path)
+    config = from_dict(Config, data, str(path))
+    base = path.resolve().parent
+    return replace(config, datasets=[_absolute(d, base) for d in config.datasets])
+
+
+def dump_config(config: Config, path: str | Path) -> None:
+    """Write ``config`` as YAML (what ``crema run`` reads back)."""
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

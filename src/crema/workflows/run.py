@@ -1,0 +1,162 @@
+"""Running a config: preflight checks, executors (iterative, futures, dask), bad-file accounting."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+import zlib
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import uproot
+from coffea import processor
+from coffea.nanoevents import NanoAODSchema
+
+from crema.corrections.era import load_era
+from crema.processors.hhbbww import HHbbWWOptions, HHbbWWProcessor
+from crema.schema import from_dict
+from crema.workflows.config import Config, ExecutorConfig
+
+PROCESSORS = {"hhbbww": (HHbbWWProcessor, HHbbWWOptions)}
+
+# What a damaged file raises while a chunk is read; such chunks are skipped (and reported) with
+# --skip-bad-files. Errors of the processor's own logic are not in this list and always propagate.
+BAD_FILE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    EOFError,
+    zlib.error,
+    uproot.deserialization.DeserializationError,
+)
+
+
+class InputError(RuntimeError):
+    """An input file is unreadable or lacks a branch the processor needs; the message names it."""
+
+
+@dataclass
+class RunReport:
+    """What a run read, skipped and lost."""
+
+    expected: dict[str, int] = field(default_factory=dict)  # file -> entries scheduled
+    processed: dict[str, int] = field(default_factory=dict)  # file -> entries processed
+    bad_files: dict[str, str] = field(default_factory=dict)  # file -> why it was skipped
+
+    @property
+    def lost(self) -> dict[str, int]:
+        """Entries scheduled but not processed (chunks that failed to read), per file."""
+        return {f: n - self.processed.get(f, 0) for f, n in self.expected.items() if n != self.processed.get(f, 0)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bad_files": [{"file": f, "error": e, "events_lost": "all (file unreadable)"} for f, e in self.bad_files.items()],
+            "lost_events": self.lost,
+            "processed_events": sum(self.processed.values()),
+        }
+
+    def lines(self) -> list[str]:
+        """Human-readable summary lines (empty when nothing was lost)."""
+        out = [f"skipped unreadable file {f}: {e} (all its events lost)" for f, e in self.bad_files.items()]
+        out += [f"lost {n} of {self.expected[f]} events of {f} (chunks failed to read)" for f, n in self.lost.items()]
+        return out
+
+
+def build_processor(config: Config) -> processor.ProcessorABC:
+    """Instantiate the configured processor; option errors name the key under ``processor.options``."""
+    cls, options_cls = PROCESSORS[config.processor.name]
+    options = from_dict(options_cls, config.processor.options, "processor.options")
+    return cls(options, config.samples, load_era(config.era), config.luminosity_fb)
+
+
+def preflight(config: Config, proc: processor.ProcessorABC) -> tuple[dict[str, Any], RunReport]:
+    """Open every input file once: check the tree and the branches the processor needs.
+
+    An unreadable file raises :class:`InputError` naming it, or with ``skip_bad_files`` is dropped
+    and recorded in the report. A missing branch always raises, naming file, branch and its use.
+    """
+    report = RunReport()
+    fileset = config.fileset()
+    for dataset in config.datasets:
+        needs = proc.required_branches(dataset.sample)
+        files = fileset[dataset.name]["files"]
+        for path, treename in list(files.items()):
+            try:
+                with uproot.open(path) as f:
+                    tree = f[treename]
+                    branches = set(tree.keys())
+            except Exception as err:  # noqa: BLE001 - any failure to open means a bad file
+                reason = f"{type(err).__name__}: {err}"
+                if not config.executor.skip_bad_files:
+                    raise InputError(f"{path}: cannot read tree {treename!r} ({reason}); "
+                                     "use --skip-bad-files to skip it") from err
+                report.bad_files[path] = reason
+                del files[path]
+                continue
+            missing = sorted(set(needs) - branches)
+            if missing:
+                b = missing[0]
+                more = f" (and {len(missing) - 1} more: {', '.join(missing[1:4])}...)" if len(missing) > 1 else ""
+                raise InputError(f"{path}: branch {b!r} is missing; it is needed by {needs[b]}{more}")
+    return fileset, report
+
+
+@contextlib.contextmanager
+def executor_for(cfg: ExecutorConfig) -> Iterator[processor.executor.ExecutorBase]:
+    """The coffea executor for ``cfg``; a dask cluster started here is closed on exit."""
+    if cfg.name == "iterative":
+        yield processor.IterativeExecutor(status=cfg.progress)
+    elif cfg.name == "futures":
+        yield processor.FuturesExecutor(workers=cfg.workers, status=cfg.progress)
+    else:
+        from distributed import Client
+
+        with contextlib.ExitStack() as stack:
+            if cfg.scheduler:
+                client = stack.enter_context(Client(cfg.scheduler))
+            else:
+                cluster = stack.enter_context(_cluster(cfg))
+                client = stack.enter_context(Client(cluster))
+            yield processor.DaskExecutor(client=client, status=cfg.progress)
+
+
+def _cluster(cfg: ExecutorConfig):
+    if cfg.jobqueue is not None:
+        import dask_jobqueue
+
+        jq = cfg.jobqueue
+        cls = {"htcondor": dask_jobqueue.HTCondorCluster, "slurm": dask_jobqueue.SLURMCluster}[jq.kind]
+        cluster = cls(cores=jq.cores, memory=jq.memory, **jq.options)
+        cluster.scale(jobs=jq.jobs)
+        return cluster
+    from distributed import LocalCluster
+
+    return LocalCluster(n_workers=cfg.workers, threads_per_worker=cfg.threads_per_worker,
+                        processes=True, dashboard_address=None)
+
+
+def run(config: Config) -> tuple[dict[str, Any], RunReport]:
+    """Run the configured processor over all datasets; returns (normalised output, report)."""
+    proc = build_processor(config)
+    fileset, report = preflight(config, proc)
+    ex = config.executor
+    with executor_for(ex) as executor:
+        runner = processor.Runner(
+            executor=executor,
+            schema=NanoAODSchema,
+            chunksize=ex.chunksize,
+            maxchunks=ex.maxchunks,
+            skipbadfiles=BAD_FILE_ERRORS if ex.skip_bad_files else False,
+        )
+        chunks = list(runner.preprocess(fileset, treename="Events"))
+        expected: dict[str, int] = defaultdict(int)
+        for chunk in chunks:
+            expected[chunk.filename] += chunk.entrystop - chunk.entrystart
+        report.expected = dict(expected)
+        with warnings.catch_warnings():
+            # coffea warns once per skipped chunk; crema reports them together in RunReport
+            warnings.filterwarnings("ignore", message="Skipping bad file")
+            raw = runner(chunks, proc, treename="Events") if chunks else {}
+    output = processor.accumulate([proc.empty_output(), raw or {}])
+    report.processed = dict(output["processed"])
+    return proc.postprocess(output), report
