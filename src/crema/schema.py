@@ -30,15 +30,15 @@ def from_dict(cls: type[T], data: Any, where: str) -> T:
     After construction, a ``validate()`` method on the dataclass (if any) is called.
     """
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{where or 'top level'}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}: unknown key (allowed: {', '.join(fields)})")
+        raise ConfigError(f"{_join(where, unknown[0])}: unknown key (allowed: {', '.join(fields)})")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, field in fields.items():
-        key = f"{where}.{name}"
+        key = _join(where, name)
         if name in data:
             kwargs[name] = _convert(hints[name], data[name], key)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
@@ -49,8 +49,21 @@ def from_dict(cls: type[T], data: Any, where: str) -> T:
         try:
             validate()
         except ConfigError as err:
-            raise ConfigError(f"{where}.{err}") from None
+            raise ConfigError(_join(where, str(err))) from None
     return obj
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def load(cls: type[T], path: str | Path) -> T:
+    """Read the YAML file ``path`` into the dataclass ``cls``; errors read ``FILE: key: message``."""
+    data = load_yaml(path)
+    try:
+        return from_dict(cls, data, "")
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
 
 
 def _convert(tp: Any, value: Any, key: str) -> Any:
@@ -84,7 +97,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
         vt = args[1] if args else Any
-        return {str(k): _convert(vt, v, f"{key}.{k}") for k, v in value.items()}
+        return {str(k): _convert(vt, v, _join(key, str(k))) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key)
     if tp is bool:

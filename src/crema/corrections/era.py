@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from crema.schema import ConfigError, from_dict, load_yaml
+from crema.schema import ConfigError, load
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 ERA_DIR = _PACKAGE / "configs" / "eras"
@@ -43,4 +43,4 @@ def load_era(name_or_path: str | Path) -> EraConfig:
         if not path.exists():
             known = sorted(p.stem for p in ERA_DIR.glob("*.yaml"))
             raise ConfigError(f"era {name_or_path!r}: no such builtin era (known: {', '.join(known)})")
-    return from_dict(EraConfig, load_yaml(path), str(path))
+    return load(EraConfig, path)

@@ -52,17 +52,24 @@ def load_histogram_specs(name_or_path: str | Path) -> dict[str, HistogramSpec]:
     data = load_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of observable -> binning")
-    return {name: from_dict(HistogramSpec, spec, f"{path}:{name}") for name, spec in data.items()}
+    try:
+        return {name: from_dict(HistogramSpec, spec, name) for name, spec in data.items()}
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
 
 
-def book(specs: dict[str, HistogramSpec], channels: list[str], regions: list[str]) -> dict[str, hist.Hist]:
-    """One weighted histogram per observable with dataset, channel, region and systematic axes."""
+def book(specs: dict[str, HistogramSpec], datasets: list[str], channels: list[str], regions: list[str],
+         systematics: list[str]) -> dict[str, hist.Hist]:
+    """One weighted histogram per observable with dataset, channel, region and systematic axes.
+
+    All categories are booked up front, so a histogram nothing was filled into still has them.
+    """
     return {
         name: hist.Hist(
-            hist.axis.StrCategory([], name="dataset", growth=True),
+            hist.axis.StrCategory(datasets, name="dataset", growth=True),
             hist.axis.StrCategory(channels, name="channel"),
             hist.axis.StrCategory(regions, name="region"),
-            hist.axis.StrCategory([], name="systematic", growth=True),
+            hist.axis.StrCategory(systematics, name="systematic", growth=True),
             hist.axis.Regular(spec.bins, spec.start, spec.stop, name=name, label=spec.label or name),
             storage=hist.storage.Weight(),
         )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -102,6 +101,7 @@ class HHbbWWProcessor(processor.ProcessorABC):
                 f"histograms.{unknown[0]}: unknown observable (known: {', '.join(OBSERVABLES)})"
             )
         self.channels = [ch for ch in options.channels if ch in self.selection.channels]
+        self.systematics = ["nominal"]
 
     # ------------------------------------------------------------------ interface
     def required_branches(self, sample: SampleInfo) -> dict[str, str]:
@@ -114,7 +114,8 @@ class HHbbWWProcessor(processor.ProcessorABC):
     def empty_output(self) -> dict[str, Any]:
         """The output of a run over no events: empty histograms and counters."""
         return {
-            "histograms": book(self.hist_specs, self.channels, list(self.selection.regions)),
+            "histograms": book(self.hist_specs, list(self.samples), self.channels,
+                               list(self.selection.regions), self.systematics),
             "sumw": {},
             "nevents": {},
             "cutflow": {},
@@ -146,8 +147,12 @@ class HHbbWWProcessor(processor.ProcessorABC):
         return out
 
     def postprocess(self, accumulator: dict[str, Any]) -> dict[str, Any]:
-        """Scale each simulated dataset to xsec x luminosity / sum of genWeight (returns a copy)."""
-        out = copy.deepcopy(accumulator)
+        """Scale each simulated dataset to xsec x luminosity / sum of genWeight.
+
+        coffea's Runner calls this once at the end; the accumulator is merged into a fresh empty
+        output first, so a run whose chunks were all skipped still gives complete (empty) results.
+        """
+        out = processor.accumulate([self.empty_output(), accumulator or {}])
         scales = {ds: normalisation(self.samples[ds], sumw, self.luminosity_fb) for ds, sumw in out["sumw"].items()}
         for h in out["histograms"].values():
             for ds, factor in scales.items():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crema.schema import ConfigError, from_dict, load_yaml
+from crema.schema import ConfigError, load
 
 SELECTION_DIR = Path(__file__).resolve().parent.parent / "configs" / "selection"
 
@@ -118,4 +118,4 @@ def load_selection(name_or_path: str | Path) -> SelectionConfig:
         if not path.exists():
             known = sorted(p.stem for p in SELECTION_DIR.glob("*.yaml"))
             raise ConfigError(f"selection {name_or_path!r}: no such builtin selection (known: {', '.join(known)})")
-    return from_dict(SelectionConfig, load_yaml(path), str(path))
+    return load(SelectionConfig, path)

@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except (ConfigError, InputError) as err:
-        console.print(f"[red]error:[/] {err}")
+        print(f"crema: error: {err}", file=sys.stderr)
         return 2
     return 0
 

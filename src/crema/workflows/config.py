@@ -10,7 +10,7 @@ from typing import Any, Literal
 import yaml
 
 from crema.processors.common import SampleInfo
-from crema.schema import ConfigError, from_dict, load_yaml, to_dict
+from crema.schema import ConfigError, from_dict, load, to_dict
 
 
 @dataclass(frozen=True)
@@ -153,8 +153,7 @@ def _absolute(dataset: Dataset, base: Path) -> Dataset:
 def load_config(path: str | Path) -> Config:
     """Read and validate a run config; relative file paths resolve against the config's folder."""
     path = Path(path)
-    data = load_yaml(path)
-    config = from_dict(Config, data, str(path))
+    config = load(Config, path)
     base = path.resolve().parent
     return replace(config, datasets=[_absolute(d, base) for d in config.datasets])
 

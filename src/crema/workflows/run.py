@@ -42,6 +42,7 @@ class RunReport:
     expected: dict[str, int] = field(default_factory=dict)  # file -> entries scheduled
     processed: dict[str, int] = field(default_factory=dict)  # file -> entries processed
     bad_files: dict[str, str] = field(default_factory=dict)  # file -> why it was skipped
+    bad_entries: dict[str, int] = field(default_factory=dict)  # file -> its entries, where known
 
     @property
     def lost(self) -> dict[str, int]:
@@ -50,16 +51,24 @@ class RunReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "bad_files": [{"file": f, "error": e, "events_lost": "all (file unreadable)"} for f, e in self.bad_files.items()],
+            "bad_files": [{"file": f, "error": e, "events_lost": self.bad_entries.get(f, "all (count unknown)")}
+                          for f, e in self.bad_files.items()],
             "lost_events": self.lost,
             "processed_events": sum(self.processed.values()),
         }
 
     def lines(self) -> list[str]:
         """Human-readable summary lines (empty when nothing was lost)."""
-        out = [f"skipped unreadable file {f}: {e} (all its events lost)" for f, e in self.bad_files.items()]
+        out = [f"skipped bad file {f}: {e} ({self.bad_entries.get(f, 'all')} events lost)"
+               for f, e in self.bad_files.items()]
         out += [f"lost {n} of {self.expected[f]} events of {f} (chunks failed to read)" for f, n in self.lost.items()]
         return out
+
+
+def _chain(err: BaseException) -> Iterator[BaseException]:
+    while err is not None:
+        yield err
+        err = err.__cause__ or err.__context__
 
 
 def build_processor(config: Config) -> processor.ProcessorABC:
@@ -81,16 +90,23 @@ def preflight(config: Config, proc: processor.ProcessorABC) -> tuple[dict[str, A
         needs = proc.required_branches(dataset.sample)
         files = fileset[dataset.name]["files"]
         for path, treename in list(files.items()):
+            entries = None
             try:
                 with uproot.open(path) as f:
                     tree = f[treename]
+                    entries = tree.num_entries
                     branches = set(tree.keys())
+                    size, end = f.file.source.num_bytes, f.file.fEND
+                    if size < end:  # the header says the file is longer than what is on disk
+                        raise OSError(f"file is truncated: {size} of {end} bytes present")
             except Exception as err:  # noqa: BLE001 - any failure to open means a bad file
                 reason = f"{type(err).__name__}: {err}"
                 if not config.executor.skip_bad_files:
                     raise InputError(f"{path}: cannot read tree {treename!r} ({reason}); "
                                      "use --skip-bad-files to skip it") from err
                 report.bad_files[path] = reason
+                if entries is not None:
+                    report.bad_entries[path] = entries
                 del files[path]
                 continue
             missing = sorted(set(needs) - branches)
@@ -156,7 +172,13 @@ def run(config: Config) -> tuple[dict[str, Any], RunReport]:
         with warnings.catch_warnings():
             # coffea warns once per skipped chunk; crema reports them together in RunReport
             warnings.filterwarnings("ignore", message="Skipping bad file")
-            raw = runner(chunks, proc, treename="Events") if chunks else {}
-    output = processor.accumulate([proc.empty_output(), raw or {}])
+            # the Runner calls proc.postprocess on the merged output
+            try:
+                output = runner(chunks, proc, treename="Events") if chunks else proc.postprocess({})
+            except Exception as err:
+                if not any(isinstance(e, BAD_FILE_ERRORS) for e in _chain(err)):
+                    raise
+                # coffea's message names the work item (file and entry range) that failed
+                raise InputError(f"reading a chunk failed: {err}; use --skip-bad-files to skip such chunks") from err
     report.processed = dict(output["processed"])
-    return proc.postprocess(output), report
+    return output, report
