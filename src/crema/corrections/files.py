@@ -1,0 +1,233 @@
+"""correctionlib files: start-up validation, validity ranges, and lazy per-process loading.
+
+Two views of one file are used, for different jobs:
+
+* a *summary* (names, inputs, the categories and bin ranges of every correction) is read once per
+  process from the JSON with the standard library, because correctionlib's compiled objects do not
+  expose category keys or bin edges. It is what validation and input clipping need, and it is small
+  (bin contents and formulas are dropped), so the multi-megabyte JSON is not kept in memory.
+* the compiled :class:`correctionlib.CorrectionSet` evaluates; it is loaded lazily, once per process
+  and file (:func:`correction_set`), and never pickled: objects holding one drop it in ``__getstate__``.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import correctionlib
+import numpy as np
+
+from crema.schema import ConfigError
+
+# --------------------------------------------------------------------------- summaries
+# A correction's "skeleton": its decision tree with bin contents and formulas dropped and identical
+# subtrees merged, so bin ranges and category keys can be looked up without the full JSON.
+#   ("bin", inputs, lows, highs, children)      binning / multibinning
+#   ("cat", input, ((key, child), ...), default)  category
+#   ("all", children)                            anything else with sub-nodes (transform, ...)
+#   None                                         a leaf (number, formula, hashprng)
+Skeleton = tuple | None
+
+
+@dataclass(frozen=True)
+class CorrectionInfo:
+    """What a file says about one correction (or compound correction)."""
+
+    name: str
+    inputs: tuple[tuple[str, str], ...]  # (name, type) in evaluation order
+    compound: bool
+    skeleton: Skeleton = None
+
+    @property
+    def input_names(self) -> list[str]:
+        return [name for name, _ in self.inputs]
+
+
+@dataclass(frozen=True)
+class FileSummary:
+    """Names and inputs of every correction in one correctionlib file."""
+
+    path: Path
+    corrections: dict[str, CorrectionInfo]
+
+    @property
+    def compound_names(self) -> list[str]:
+        return [n for n, c in self.corrections.items() if c.compound]
+
+    @property
+    def plain_names(self) -> list[str]:
+        return [n for n, c in self.corrections.items() if not c.compound]
+
+    def contents(self) -> str:
+        """A listing for error messages: compound corrections first, then the others."""
+        parts = []
+        if self.compound_names:
+            parts.append("compound corrections: " + ", ".join(self.compound_names))
+        parts.append("corrections: " + (", ".join(self.plain_names) or "none"))
+        return "; ".join(parts)
+
+    def require(self, name: str, key: str, compound: bool = False) -> CorrectionInfo:
+        """The correction ``name``; a :class:`ConfigError` naming ``key`` and the file's contents if absent."""
+        info = self.corrections.get(name)
+        if info is None or info.compound != compound:
+            kind = "compound correction" if compound else "correction"
+            raise ConfigError(f"{key}: no {kind} {name!r} in {self.path.name} (the file has {self.contents()})")
+        return info
+
+
+def summary(path: str | Path, key: str = "file") -> FileSummary:
+    """Summary of the correctionlib file ``path``, read once per process (cached on path, size, mtime).
+
+    ``key`` names the config key holding the path, for the error if the file is missing or unreadable.
+    """
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"{key}: correction file {path} does not exist") from None
+    try:
+        return _summary(str(path), stat.st_size, stat.st_mtime_ns)
+    except ConfigError as err:
+        raise ConfigError(f"{key}: {err}") from None
+
+
+@functools.lru_cache(maxsize=32)
+def _summary(path: str, size: int, mtime: int) -> FileSummary:
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rt") as stream:
+            data = json.load(stream)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: not a readable correctionlib JSON file ({err})") from None
+    if not isinstance(data, dict) or "corrections" not in data:
+        raise ConfigError(f"{path}: not a correctionlib JSON file (no 'corrections' list)")
+    corrections: dict[str, CorrectionInfo] = {}
+    for c in data.get("corrections") or []:
+        inputs = tuple((i["name"], i["type"]) for i in c["inputs"])
+        corrections[c["name"]] = CorrectionInfo(c["name"], inputs, False, _skeleton(c["data"]))
+    for c in data.get("compound_corrections") or []:
+        inputs = tuple((i["name"], i["type"]) for i in c["inputs"])
+        corrections[c["name"]] = CorrectionInfo(c["name"], inputs, True, None)
+    return FileSummary(Path(path), corrections)
+
+
+def _skeleton(node: Any) -> Skeleton:
+    if not isinstance(node, dict):
+        return None
+    kind = node.get("nodetype")
+    if kind in ("binning", "multibinning"):
+        if kind == "binning":
+            inputs, all_edges = (node["input"],), (node["edges"],)
+        else:
+            inputs, all_edges = tuple(node["inputs"]), tuple(node["edges"])
+        lows, highs = zip(*(_edge_range(e) for e in all_edges))
+        children = {_skeleton(c) for c in node["content"] if isinstance(c, dict)}  # numbers are leaves
+        if isinstance(node.get("flow"), dict):
+            children.add(_skeleton(node["flow"]))
+        children.discard(None)
+        return ("bin", inputs, lows, highs, tuple(sorted(children, key=repr)))
+    if kind == "category":
+        items = tuple((str(item["key"]), _skeleton(item["value"])) for item in node["content"])
+        return ("cat", node["input"], items, _skeleton(node.get("default")))
+    children = set()
+    for key in ("content", "rule", "value"):
+        if isinstance(node.get(key), dict):
+            children.add(_skeleton(node[key]))
+    children.discard(None)
+    return ("all", tuple(sorted(children, key=repr))) if children else None
+
+
+def _edge_range(edges: Any) -> tuple[float, float]:
+    if isinstance(edges, dict):  # uniform binning {n, low, high}
+        return float(edges["low"]), float(edges["high"])
+    return float(edges[0]), float(edges[-1])
+
+
+# --------------------------------------------------------------------------- categories and ranges
+def category_keys(info: CorrectionInfo, input_name: str, fixed: Mapping[str, str] | None = None) -> list[str]:
+    """Keys of the category nodes on ``input_name`` reachable with the categorical inputs ``fixed``."""
+    keys: set[str] = set()
+    _walk(info.skeleton, dict(fixed or {}), lambda n: keys.update(k for k, _ in n[2]) if n[0] == "cat" and n[1] == input_name else None)
+    return sorted(keys)
+
+
+def input_ranges(info: CorrectionInfo, fixed: Mapping[str, str] | None = None) -> dict[str, tuple[float, float]]:
+    """Lowest and highest bin edge of each binned input, on the branches selected by ``fixed``."""
+    ranges: dict[str, tuple[float, float]] = {}
+
+    def visit(node: tuple) -> None:
+        if node[0] != "bin":
+            return
+        for name, lo, hi in zip(node[1], node[2], node[3]):
+            old = ranges.get(name)
+            ranges[name] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+
+    _walk(info.skeleton, dict(fixed or {}), visit)
+    return ranges
+
+
+def _walk(node: Skeleton, fixed: dict[str, str], visit) -> None:
+    if node is None:
+        return
+    visit(node)
+    if node[0] == "bin":
+        for child in node[4]:
+            _walk(child, fixed, visit)
+    elif node[0] == "cat":
+        _, name, items, default = node
+        if name in fixed:
+            chosen = [child for key, child in items if key == str(fixed[name])]
+            if not chosen and default is not None:
+                chosen = [default]
+        else:
+            chosen = [child for _, child in items] + ([default] if default is not None else [])
+        for child in chosen:
+            _walk(child, fixed, visit)
+    else:
+        for child in node[1]:
+            _walk(child, fixed, visit)
+
+
+def require_category(info: CorrectionInfo, input_name: str, value: str, key: str,
+                     fixed: Mapping[str, str] | None = None) -> None:
+    """Fail with a :class:`ConfigError` naming ``key`` if ``value`` is not a key of ``input_name``."""
+    keys = category_keys(info, input_name, fixed)
+    if keys and str(value) not in keys:
+        raise ConfigError(f"{key}: {info.name} has no {input_name} {value!r} (it has: {', '.join(keys)})")
+
+
+def require_inputs(info: CorrectionInfo, provided: Iterable[str], key: str) -> None:
+    """Fail if the correction needs an input crema does not know how to provide."""
+    missing = [n for n in info.input_names if n not in set(provided)]
+    if missing:
+        raise ConfigError(
+            f"{key}: {info.name} needs input(s) {', '.join(missing)} that crema does not provide "
+            f"(it provides: {', '.join(sorted(set(provided)))})"
+        )
+
+
+def clip(values: np.ndarray, bounds: tuple[float, float] | None) -> np.ndarray:
+    """``values`` clipped into ``[low, high)`` so a binned correction never falls off its edges."""
+    if bounds is None:
+        return values
+    lo, hi = bounds
+    # the upper edge is exclusive in correctionlib: stay just below it
+    return np.clip(values, lo, np.nextafter(hi, -np.inf) if np.isfinite(hi) else hi)
+
+
+# --------------------------------------------------------------------------- evaluation
+@functools.lru_cache(maxsize=16)
+def _correction_set(path: str, mtime: int) -> correctionlib.CorrectionSet:
+    return correctionlib.CorrectionSet.from_file(path)
+
+
+def correction_set(path: str | Path) -> correctionlib.CorrectionSet:
+    """The compiled correction set of ``path``, loaded once per process (not meant to be pickled)."""
+    path = Path(path)
+    return _correction_set(str(path), path.stat().st_mtime_ns)
