@@ -1,0 +1,308 @@
+"""Jet energy scale and resolution corrections with correctionlib, their variations, and MET propagation.
+
+Steps for each jet (see docs/corrections.md):
+
+1. undo NanoAOD's correction: ``pt_raw = pt * (1 - rawFactor)`` (same for mass);
+2. apply the era's compound L1L2L3Res correction (inputs read from the correction itself);
+3. simulation only: JER hybrid smearing -- scale towards/away from the matched GenJet when
+   dR < R/2 and |pt - pt_gen| < 3 sigma_JER pt, else a Gaussian of width sigma_JER sqrt(SF^2 - 1)
+   whose random numbers come from correctionlib's counter-based ``HashPRNG`` seeded by
+   (run, luminosityBlock, event, jet index), so results do not depend on chunking or executor;
+4. JES uncertainty sources scale the smeared pt by (1 +- uncertainty); JER up/down redo step 3
+   with the SF varied;
+5. jets are re-sorted by pt; :meth:`JetCorrector.corrected_met` propagates the change to MET.
+
+Why not coffea's ``CorrectedJetsFactory``: its random stream is seeded from the first and last jet
+of the chunk (results change with chunking), it has no dR requirement on the GenJet match, and its
+lazy graph is heavier than the few array operations needed here. Evaluation stays in correctionlib.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import awkward as ak
+import correctionlib
+import correctionlib.schemav2 as cs
+import numpy as np
+
+from crema.corrections import files
+from crema.corrections.era import EraConfig, JetsConfig, resolve_correction_file
+from crema.schema import ConfigError
+
+log = logging.getLogger(__name__)
+
+NOMINAL = "nominal"
+_MIN_JET_ENERGY = 1e-2  # GeV: smearing never takes a jet below this energy (as CMSSW does)
+_STREAMS = {"jets": 0, "fatjets": 1}  # separate random streams for AK4 and AK8
+
+
+# --------------------------------------------------------------------------- random numbers
+@functools.lru_cache(maxsize=1)
+def _normal_generator() -> Any:
+    # correctionlib's HashPRNG: a hash of the integer inputs seeds the draw, so the number for a given
+    # (run, lumi, event, jet, stream) is the same whatever else is in the array.
+    names = ["run", "luminosityBlock", "event", "index", "stream"]
+    correction = cs.Correction(
+        name="crema_jer_standard_normal",
+        version=1,
+        inputs=[cs.Variable(name=n, type="int") for n in names],
+        output=cs.Variable(name="z", type="real"),
+        data=cs.HashPRNG(nodetype="hashprng", inputs=names, distribution="stdnormal"),
+    )
+    return correction.to_evaluator()
+
+
+def standard_normal(run: np.ndarray, lumi: np.ndarray, event: np.ndarray, index: np.ndarray,
+                    stream: int = 0) -> np.ndarray:
+    """One N(0, 1) number per jet, a pure function of (run, lumi, event, jet index, stream)."""
+    as_int = lambda a: np.asarray(a).astype(np.int64, copy=False)  # noqa: E731 (uint64 event wraps, still unique)
+    return _normal_generator().evaluate(as_int(run), as_int(lumi), as_int(event), as_int(index), int(stream))
+
+
+# --------------------------------------------------------------------------- corrector
+@dataclass
+class _Flat:
+    """Flat (one entry per jet) inputs and nominal products shared by all variations of one chunk."""
+
+    counts: np.ndarray
+    eta: np.ndarray
+    phi: np.ndarray
+    rho: np.ndarray
+    pt_orig: np.ndarray
+    mass_orig: np.ndarray
+    pt_raw: np.ndarray
+    mass_raw: np.ndarray
+    pt_jec: np.ndarray
+    mass_jec: np.ndarray
+    is_mc: bool
+    smear: dict[str, np.ndarray] = field(default_factory=dict)  # JER factor by nominal/up/down
+
+
+class JetCorrector:
+    """JEC, JER smearing, JES/JER variations and type-1 MET propagation for one jet collection.
+
+    Construct once (it validates the era's keys); it is picklable and loads the correctionlib file
+    lazily, once per process. ``section`` is ``"jets"`` (AK4) or ``"fatjets"`` (AK8).
+    """
+
+    def __init__(self, era: EraConfig, section: str = "jets") -> None:
+        if section not in _STREAMS:
+            raise ValueError(f"section must be one of {', '.join(_STREAMS)}, got {section!r}")
+        cfg: JetsConfig | None = getattr(era, section)
+        if cfg is None:
+            raise ConfigError(_missing_section_message(era, section))
+        self.era_name = era.name
+        self.section = section
+        self.config = cfg
+        self.path = resolve_correction_file(cfg.file)
+        s = files.summary(self.path)  # validated already when the era was loaded; cheap (cached)
+        self._inputs = {name: s.corrections[name].input_names for name in self._keys()}
+        # validity ranges for resolution, SF and uncertainties (the JEC itself is applied unclipped)
+        self._ranges = {name: files.input_ranges(s.corrections[name]) for name in self._keys()
+                        if not s.corrections[name].compound}
+        self._sources = cfg.sources()
+        self._cset: correctionlib.CorrectionSet | None = None
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def variations(self) -> list[str]:
+        """Named variations for simulation: ``JES_<source>_up/down`` for each source, ``JER_up/down``."""
+        out = [f"JES_{s}_{d}" for s in self._sources for d in ("up", "down")]
+        return out + ["JER_up", "JER_down"]
+
+    def correct(self, events: ak.Array, variation: str = NOMINAL) -> ak.Array:
+        """The jet collection with corrected ``pt``/``mass`` for ``variation``, sorted by pt.
+
+        Added fields: ``pt_raw``/``mass_raw`` (NanoAOD correction undone), ``pt_jec`` (after JEC,
+        before smearing) and ``pt_orig``/``mass_orig`` (as stored in NanoAOD, for MET propagation).
+        Data (events without ``genWeight``) get the data JEC only; every variation returns the
+        nominal jets for data, so a processor can loop over variations uniformly.
+        """
+        return self.correct_all(events, [variation])[variation]
+
+    def correct_all(self, events: ak.Array, variations: Iterable[str] | None = None) -> dict[str, ak.Array]:
+        """``{variation: jets}`` for ``nominal`` and ``variations`` (default: all), sharing the JEC/JER work."""
+        wanted = [NOMINAL, *self.variations] if variations is None else list(variations)
+        unknown = [v for v in wanted if v != NOMINAL and v not in self.variations]
+        if unknown:
+            raise ValueError(f"unknown jet variation {unknown[0]!r} (known: nominal, {', '.join(self.variations)})")
+        flat = self._flat(events)
+        jets = events[self.config.collection]
+        return {v: self._build(jets, flat, *self._pt_mass(flat, v)) for v in wanted}
+
+    def corrected_met(self, events: ak.Array, jets: ak.Array, met: str = "PuppiMET") -> ak.Array:
+        """``events[met]`` with ``pt``/``phi`` moved by the jet corrections (type-1 style propagation).
+
+        MET_xy -= sum over jets with corrected pt > ``met_jet_pt_min`` of (corrected - NanoAOD) pt_xy.
+        NanoAOD's MET already contains NanoAOD's own JEC, so only the change is propagated.
+        """
+        if "pt_orig" not in ak.fields(jets):
+            raise ValueError("corrected_met needs jets from JetCorrector.correct (no pt_orig field)")
+        m = events[met]
+        moved = ak.where(jets.pt > self.config.met_jet_pt_min, jets.pt - jets.pt_orig, 0.0)
+        dx = ak.sum(moved * np.cos(jets.phi), axis=1)
+        dy = ak.sum(moved * np.sin(jets.phi), axis=1)
+        px = m.pt * np.cos(m.phi) - dx
+        py = m.pt * np.sin(m.phi) - dy
+        out = ak.with_field(m, np.hypot(px, py), "pt")
+        return ak.with_field(out, np.arctan2(py, px), "phi")
+
+    @classmethod
+    def optional(cls, era: EraConfig, section: str) -> "JetCorrector | None":
+        """A corrector, or ``None`` with a one-line log message when the era has no such section."""
+        if getattr(era, section) is None:
+            log.warning(_missing_section_message(era, section))
+            return None
+        return cls(era, section)
+
+    # ------------------------------------------------------------------ pickling
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_cset"] = None  # compiled correctionlib objects stay in their process
+        return state
+
+    # ------------------------------------------------------------------ internals
+    def _keys(self) -> list[str]:
+        cfg = self.config
+        keys = [cfg.jec, cfg.jer_resolution, cfg.jer_scale_factor]
+        keys += [cfg.uncertainty_key(s) for s in cfg.sources()]
+        return keys + ([cfg.jec_data] if cfg.jec_data else [])
+
+    @property
+    def cset(self) -> correctionlib.CorrectionSet:
+        if self._cset is None:
+            self._cset = files.correction_set(self.path)
+        return self._cset
+
+    def _evaluate(self, name: str, values: dict[str, Any], compound: bool = False) -> np.ndarray:
+        # inputs in the order the correction declares them; real inputs clipped into its bin range
+        ranges = self._ranges.get(name, {})
+        args = []
+        for inp in self._inputs[name]:
+            value = values[inp]
+            args.append(files.clip(value, ranges.get(inp)) if isinstance(value, np.ndarray) and value.dtype.kind == "f" else value)
+        correction = self.cset.compound[name] if compound else self.cset[name]
+        return np.asarray(correction.evaluate(*args), dtype=np.float64)
+
+    def _flat(self, events: ak.Array) -> _Flat:
+        cfg = self.config
+        jets = events[cfg.collection]
+        counts = ak.to_numpy(ak.num(jets, axis=1)).astype(np.int64)
+        col = lambda a: np.asarray(ak.to_numpy(ak.flatten(a, axis=1)), dtype=np.float64)  # noqa: E731
+        per_jet = lambda a: np.repeat(np.asarray(ak.to_numpy(a)), counts)  # noqa: E731
+        pt, mass, raw_factor = col(jets.pt), col(jets.mass), col(jets.rawFactor)
+        eta, phi = col(jets.eta), col(jets.phi)
+        rho = per_jet(_rho(events, cfg.rho)).astype(np.float64)
+        run = per_jet(events.run)
+        is_mc = "genWeight" in ak.fields(events)
+        flat = _Flat(counts=counts, eta=eta, phi=phi, rho=rho, pt_orig=pt, mass_orig=mass,
+                     pt_raw=pt * (1.0 - raw_factor), mass_raw=mass * (1.0 - raw_factor),
+                     pt_jec=pt, mass_jec=mass, is_mc=is_mc)
+
+        jec = cfg.jec if is_mc else cfg.jec_data
+        if jec is None:
+            raise ConfigError(f"era {self.era_name}: {self.section}.jec_data is not set, so data jets cannot be corrected")
+        values = {"JetA": col(jets.area), "JetEta": eta, "JetPhi": phi, "JetPt": flat.pt_raw,
+                  "JetMass": flat.mass_raw, "Rho": rho, "run": run}
+        factor = self._evaluate(jec, values, compound=True)
+        flat.pt_jec, flat.mass_jec = flat.pt_raw * factor, flat.mass_raw * factor
+        if is_mc:
+            flat.smear = self._smear(events, jets, flat)
+        return flat
+
+    def _smear(self, events: ak.Array, jets: ak.Array, flat: _Flat) -> dict[str, np.ndarray]:
+        """JER hybrid smearing factors for the nominal, up and down scale factors."""
+        cfg = self.config
+        values = {"JetEta": flat.eta, "JetPt": flat.pt_jec, "Rho": flat.rho}
+        sigma = self._evaluate(cfg.jer_resolution, values)
+        gen_pt, dr = _matched_gen(events, jets, cfg, flat.counts)
+        matched = (dr < 0.5 * cfg.cone_size) & (np.abs(flat.pt_jec - gen_pt) < 3.0 * sigma * flat.pt_jec)
+        n_events = len(flat.counts)
+        event_of_jet = np.repeat(np.arange(n_events), flat.counts)
+        index = np.asarray(ak.to_numpy(ak.flatten(ak.local_index(jets, axis=1), axis=1)))
+        z = standard_normal(np.asarray(ak.to_numpy(events.run))[event_of_jet],
+                            np.asarray(ak.to_numpy(events.luminosityBlock))[event_of_jet],
+                            np.asarray(ak.to_numpy(events.event))[event_of_jet], index, _STREAMS[self.section])
+        energy = np.hypot(flat.pt_jec * np.cosh(flat.eta), flat.mass_jec)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel_gen = np.where(matched, (flat.pt_jec - gen_pt) / flat.pt_jec, 0.0)
+            floor = np.where(energy > 0, _MIN_JET_ENERGY / energy, 1.0)
+        out = {}
+        for which, name in zip(("nominal", "up", "down"), cfg.jer_values):
+            sf = self._evaluate(cfg.jer_scale_factor, {**values, "systematic": name})
+            scaling = 1.0 + (sf - 1.0) * rel_gen
+            stochastic = 1.0 + z * sigma * np.sqrt(np.maximum(sf * sf - 1.0, 0.0))
+            out[which] = np.maximum(np.where(matched, scaling, stochastic), floor)
+        return out
+
+    def _pt_mass(self, flat: _Flat, variation: str) -> tuple[np.ndarray, np.ndarray]:
+        if not flat.is_mc:
+            return flat.pt_jec, flat.mass_jec
+        if variation in ("JER_up", "JER_down"):
+            s = flat.smear[variation[4:]]
+            return flat.pt_jec * s, flat.mass_jec * s
+        s = flat.smear["nominal"]
+        pt, mass = flat.pt_jec * s, flat.mass_jec * s
+        if variation == NOMINAL:
+            return pt, mass
+        source, direction = variation[4:].rsplit("_", 1)
+        unc = self._evaluate(self.config.uncertainty_key(source), {"JetEta": flat.eta, "JetPt": pt,
+                                                                  "JetPhi": flat.phi, "Rho": flat.rho})
+        scale = 1.0 + unc if direction == "up" else 1.0 - unc
+        return pt * scale, mass * scale
+
+    @staticmethod
+    def _build(jets: ak.Array, flat: _Flat, pt: np.ndarray, mass: np.ndarray) -> ak.Array:
+        jagged = lambda a: ak.unflatten(a, flat.counts)  # noqa: E731
+        out = jets
+        for name, values in (("pt", pt), ("mass", mass), ("pt_raw", flat.pt_raw), ("mass_raw", flat.mass_raw),
+                             ("pt_jec", flat.pt_jec), ("pt_orig", flat.pt_orig), ("mass_orig", flat.mass_orig)):
+            out = ak.with_field(out, jagged(values), name)  # keeps the collection's behaviour
+        return out[ak.argsort(out.pt, axis=1, ascending=False)]
+
+
+def _rho(events: ak.Array, name: str) -> ak.Array:
+    if "Rho" in ak.fields(events) and name in ak.fields(events.Rho):
+        return events.Rho[name]  # NanoAOD v12+: Rho_<name>
+    if name in ak.fields(events):
+        return events[name]
+    raise ValueError(f"no rho branch {name!r} (looked for Rho_{name} and {name})")
+
+
+def _matched_gen(events: ak.Array, jets: ak.Array, cfg: JetsConfig, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """pt of the GenJet each jet points to and their dR; (0, inf) for no or invalid index."""
+    if cfg.gen_collection not in ak.fields(events):
+        raise ValueError(f"simulated events without {cfg.gen_collection}: JER smearing needs generator jets")
+    gen = events[cfg.gen_collection]
+    gen_counts = ak.to_numpy(ak.num(gen, axis=1)).astype(np.int64)
+    gen_offsets = np.concatenate([[0], np.cumsum(gen_counts)])
+    event_of_jet = np.repeat(np.arange(len(counts)), counts)
+    idx = np.asarray(ak.to_numpy(ak.flatten(jets[cfg.gen_index], axis=1))).astype(np.int64)
+    valid = (idx >= 0) & (idx < gen_counts[event_of_jet])  # NanoAOD can point past the stored GenJets
+    where = np.where(valid, gen_offsets[event_of_jet] + idx, 0)
+    flat = lambda a: np.asarray(ak.to_numpy(ak.flatten(a, axis=1)), dtype=np.float64)  # noqa: E731
+    gen_pt, gen_eta, gen_phi = flat(gen.pt), flat(gen.eta), flat(gen.phi)
+    if len(gen_pt) == 0:
+        return np.zeros(len(idx)), np.full(len(idx), np.inf)
+    eta = flat(jets.eta)
+    phi = flat(jets.phi)
+    dphi = (phi - gen_phi[where] + np.pi) % (2 * np.pi) - np.pi
+    dr = np.where(valid, np.hypot(eta - gen_eta[where], dphi), np.inf)
+    return np.where(valid, gen_pt[where], 0.0), dr
+
+
+def _missing_section_message(era: EraConfig, section: str) -> str:
+    if section == "fatjets":
+        have = ""
+        if era.jets is not None:
+            names = files.summary(resolve_correction_file(era.jets.file)).corrections
+            algos = sorted({n.rsplit("_", 1)[-1] for n in names})
+            have = f"; {era.jets.file} only has {', '.join(algos)} corrections"
+        return (f"era {era.name}: AK8 (FatJet) corrections are not available{have}. FatJet pt/mass stay as "
+                f"in NanoAOD; add a 'fatjets' section with a JERC file that has AK8PFPuppi keys to correct them")
+    return f"era {era.name}: no '{section}' section, so {section} are not corrected"
