@@ -1,0 +1,17 @@
+"""Synthetic NanoAODv12 event generator.
+
+Physics-shaped toy events for the processes in :data:`PROCESSES` (resonant
+HH -> bbWW, ttbar, ttH, Drell-Yan, W+jets): Breit-Wigner resonances decayed in
+their rest frames, ISR recoil, heavy-flavour hadron decays, particle-level jets,
+and a parametrised CMS-like detector response (real Summer22 JEC/JER for AK4
+Puppi jets) written with the exact NanoAODv12 branch names and types.  See
+docs/generator.md for the model.
+
+>>> from crema.generate import PROCESSES, generate_events, write_nanoaod
+>>> write_nanoaod("tt.root", "tt_sl", 10_000, seed=1)  # doctest: +SKIP
+"""
+
+from .events import PROCESSES, generate_events
+from .writer import write_nanoaod
+
+__all__ = ["PROCESSES", "generate_events", "write_nanoaod"]

@@ -1,0 +1,189 @@
+"""Event generation: one RNG *block* at a time, assembled into NanoAOD branches.
+
+Randomness is organised in fixed blocks of ``BLOCK_SIZE`` events: block ``b`` of
+process ``p`` with seed ``s`` uses its own generator seeded from
+``SeedSequence(s, spawn_key=(crc32(p), b))``.  Whatever way the events are later
+grouped into chunks (or returned in one piece), the content of every event is
+therefore the same, which makes files independent of ``chunk_size``.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import awkward as ak
+import numpy as np
+
+from .genjets import build_inputs, cluster
+from .processes import PROCESS_SPECS, generate_hard
+from .reco_event import met_filters, missing_et, pileup
+from .reco_jets import GENJET_PT_MIN, GENJETAK8_PT_MIN, attach_leptons, gen_collection, reco_ak4, reco_ak8
+from .reco_leptons import reco_leptons
+from .schema import COLLECTIONS, COUNTER_TYPE, EMPTY_COLLECTIONS, SCALARS
+from .trigger import triggers
+
+BLOCK_SIZE = 10_000  # events per independent RNG block
+EVENTS_PER_LUMI = 1000
+
+PROCESSES: dict[str, str] = {name: spec.description for name, spec in PROCESS_SPECS.items()}
+
+
+@dataclass
+class Block:
+    """Generated events: event-level arrays and collections as (counts, flat fields)."""
+
+    scalars: dict[str, np.ndarray]
+    collections: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return next(iter(self.scalars.values())).size
+
+    @staticmethod
+    def concatenate(blocks: list[Block]) -> Block:
+        """Join blocks event-wise."""
+        if len(blocks) == 1:
+            return blocks[0]
+        scalars = {k: np.concatenate([b.scalars[k] for b in blocks]) for k in blocks[0].scalars}
+        colls = {}
+        for name in blocks[0].collections:
+            counts = np.concatenate([b.collections[name][0] for b in blocks])
+            fields = {k: np.concatenate([b.collections[name][1][k] for b in blocks]) for k in blocks[0].collections[name][1]}
+            colls[name] = (counts, fields)
+        return Block(scalars, colls)
+
+
+def check_process(process: str) -> None:
+    """Raise ValueError for an unknown process name."""
+    if process not in PROCESS_SPECS:
+        raise ValueError(f"unknown process {process!r}; known processes: {', '.join(PROCESS_SPECS)}")
+
+
+def block_rng(seed: int, process: str, block: int) -> np.random.Generator:
+    """Independent generator of one block."""
+    ss = np.random.SeedSequence(entropy=int(seed) % 2**63, spawn_key=(zlib.crc32(process.encode()), int(block)))
+    return np.random.Generator(np.random.PCG64(ss))
+
+
+def generate_block(process: str, n: int, *, seed: int, block: int, mass: float) -> Block:
+    """Generate events [block * BLOCK_SIZE, block * BLOCK_SIZE + n) of a process."""
+    spec = PROCESS_SPECS[process]
+    rng = block_rng(seed, process, block)
+    first = block * BLOCK_SIZE
+
+    hard = generate_hard(spec, rng, n, mass)
+    pu = pileup(rng, n)
+    inp = build_inputs(rng, hard)
+    cl4 = cluster(inp, 0.4, inp.pt4, inp.m4)
+    cl8 = cluster(inp, 0.8, inp.pt8, inp.m8)
+
+    gen_counts, gen_fields, gen_index = hard.rec.finalize()
+    gj_index, gj_counts, gj_fields = gen_collection(cl4, GENJET_PT_MIN, "GenJet")
+    g8_index, g8_counts, g8_fields = gen_collection(cl8, GENJETAK8_PT_MIN, "GenJetAK8")
+
+    ak4 = reco_ak4(rng, cl4, gj_index, pu)
+    K = cl4.valid.shape[1]
+    lep = reco_leptons(rng, hard, inp, cl4, ak4.new_index[:, :K], ak4.fields["pt"], ak4.counts, gen_index, pu)
+    attach_leptons(ak4, n, "e", lep.e_counts, lep.e_fields["jetIdx"])
+    attach_leptons(ak4, n, "mu", lep.mu_counts, lep.mu_fields["jetIdx"])
+    ak8 = reco_ak8(rng, hard, inp, cl8, g8_index)
+
+    # truth MET: every neutrino in the record (prompt and from hadron decays)
+    nu_px = np.zeros(n)
+    nu_py = np.zeros(n)
+    for s in hard.rec.slots:
+        is_nu = s.present & np.isin(np.abs(s.pdg), (12, 14, 16))
+        nu_px += np.where(is_nu, s.p4.px, 0.0)
+        nu_py += np.where(is_nu, s.p4.py, 0.0)
+    met = missing_et(
+        rng, nu_px, nu_py, ak4.mis_px + lep.mis_px, ak4.mis_py + lep.mis_py, ak4.sum_pt + lep.sum_pt, ak4.var_pt, pu
+    )
+
+    index = np.arange(first, first + n, dtype=np.uint64)
+    weight = np.where(rng.uniform(size=n) < spec.negative_fraction, -spec.weight, spec.weight)
+    scalars: dict[str, np.ndarray] = {
+        "run": np.ones(n),
+        "luminosityBlock": 1 + index // EVENTS_PER_LUMI,
+        # unique within a file, distinct across seeds
+        "event": np.uint64(int(seed) % 2**64) * np.uint64(1_000_000_000) + index + np.uint64(1),
+        "genWeight": weight,
+        "Generator_weight": weight,
+        "LHEWeight_originalXWGTUP": weight,
+        **met,
+        **pu.branches,
+        **met_filters(rng, n),
+        **triggers(rng, n, lep.e_counts, lep.e_fields, lep.mu_counts, lep.mu_fields),
+    }
+    empty = np.zeros(n, dtype=np.int64)
+    collections = {
+        "GenPart": (gen_counts, gen_fields),
+        "GenJet": (gj_counts, {k.split("_", 1)[1]: v for k, v in gj_fields.items()}),
+        "GenJetAK8": (g8_counts, {k.split("_", 1)[1]: v for k, v in g8_fields.items()}),
+        "Jet": (ak4.counts, ak4.fields),
+        "FatJet": (ak8.counts, ak8.fields),
+        "SubJet": (ak8.sub_counts, ak8.sub_fields),
+        "Electron": (lep.e_counts, lep.e_fields),
+        "Muon": (lep.mu_counts, lep.mu_fields),
+        **{c: (empty, {k: np.zeros(0) for k in COLLECTIONS[c]}) for c in EMPTY_COLLECTIONS},
+    }
+    return _typed(Block(scalars, collections))
+
+
+def _typed(block: Block) -> Block:
+    """Cast every array to its NanoAOD type and keep exactly the schema's branches."""
+    scalars = {k: np.asarray(block.scalars[k]).astype(t, copy=False) for k, t in SCALARS.items()}
+    colls = {}
+    for name, types in COLLECTIONS.items():
+        counts, fields = block.collections[name]
+        colls[name] = (counts.astype(COUNTER_TYPE), {k: np.asarray(fields[k]).astype(t, copy=False) for k, t in types.items()})
+    return Block(scalars, colls)
+
+
+def generate_blocks(process: str, n_events: int, *, seed: int, mass: float, start_block: int = 0, n_blocks: int | None = None):
+    """Yield the blocks covering ``n_events`` (optionally a sub-range of blocks)."""
+    total = -(-n_events // BLOCK_SIZE)
+    stop = total if n_blocks is None else min(total, start_block + n_blocks)
+    for b in range(start_block, stop):
+        yield generate_block(process, min(BLOCK_SIZE, n_events - b * BLOCK_SIZE), seed=seed, block=b, mass=mass)
+
+
+def _jagged(counts: np.ndarray, content) -> ak.Array:
+    offsets = np.zeros(counts.size + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return ak.Array(ak.contents.ListOffsetArray(ak.index.Index64(offsets), content))
+
+
+def block_to_branches(block: Block) -> dict[str, ak.Array | np.ndarray]:
+    """Flat branch-name view: event-level numpy arrays, jagged awkward arrays, ``n<Coll>`` counters."""
+    out: dict[str, ak.Array | np.ndarray] = dict(block.scalars)
+    for name, (counts, fields) in block.collections.items():
+        out[f"n{name}"] = counts
+        for k, v in fields.items():
+            out[f"{name}_{k}"] = _jagged(counts, ak.contents.NumpyArray(v))
+    return out
+
+
+def block_to_records(block: Block) -> dict[str, ak.Array | np.ndarray]:
+    """uproot ``extend`` view: one jagged record array per collection (counters are implicit)."""
+    out: dict[str, ak.Array | np.ndarray] = dict(block.scalars)
+    for name, (counts, fields) in block.collections.items():
+        record = ak.contents.RecordArray([ak.contents.NumpyArray(v) for v in fields.values()], list(fields), length=int(counts.sum()))
+        out[name] = _jagged(counts, record)
+    return out
+
+
+def generate_events(process: str, n_events: int, *, seed: int = 0, mass: float = 800.0) -> dict[str, ak.Array | np.ndarray]:
+    """Generate ``n_events`` NanoAODv12-like events of ``process`` in memory.
+
+    Returns branch name -> array exactly as :func:`write_nanoaod` writes them: flat
+    numpy arrays for event-level branches and the ``n<Collection>`` counters,
+    jagged awkward arrays for collection fields.  ``mass`` is the X mass of the
+    resonant ``hh_*`` processes (GeV) and ignored otherwise.
+    """
+    check_process(process)
+    if n_events < 0:
+        raise ValueError("n_events must be >= 0")
+    if n_events == 0:
+        return block_to_branches(generate_block(process, 0, seed=seed, block=0, mass=mass))
+    return block_to_branches(Block.concatenate(list(generate_blocks(process, n_events, seed=seed, mass=mass))))
