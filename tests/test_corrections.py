@@ -484,3 +484,29 @@ def test_ak8_not_available_is_explained(era):
     with pytest.raises(ConfigError, match="AK8 .*not available.*only has AK4PFPuppi"):
         JetCorrector(era, "fatjets")
     assert isinstance(era, EraConfig)
+
+
+# --------------------------------------------------------------------------- generated events
+def test_generated_jets_close_and_smear_by_sf(tmp_path, era, cset):
+    """crema's generator stores Jet_pt = raw x the real compound JEC: our JEC closes exactly, and for
+    matched jets in one SF bin the width of pt/pt_gen grows by exactly the SF (hybrid scaling)."""
+    generate = pytest.importorskip("crema.generate")
+    path = tmp_path / "tt.root"
+    generate.write_nanoaod(path, "tt_sl", 1500, seed=11)
+    events = _events(path)
+    out = JetCorrector(era).correct_all(events, ["nominal", "JER_up"])
+    jets = out["nominal"]
+    np.testing.assert_allclose(_flat(jets.pt_jec), _flat(jets.pt_orig), rtol=1e-6)
+    for v, s in (("nominal", "nom"), ("JER_up", "up")):
+        jets = _by_raw(out[v])
+        gen = jets.matched_gen
+        keep = ~ak.is_none(gen, axis=1)
+        jets, gen = jets[keep], gen[keep]
+        eta, gpt, pt_jec = _flat(jets.eta), _flat(gen.pt), _flat(jets.pt_jec)
+        sigma = cset[RESOLUTION].evaluate(eta, pt_jec, np.repeat(
+            ak.to_numpy(events.Rho.fixedGridRhoFastjetAll), ak.to_numpy(ak.num(jets, axis=1))))
+        sel = ((np.abs(eta) < 0.261) & (pt_jec > 40) & (pt_jec < 121) & (_flat(jets.delta_r(gen)) < 0.2)
+               & (np.abs(pt_jec - gpt) < 3 * sigma * pt_jec))  # one SF bin, inside the hybrid window
+        assert sel.sum() > 150
+        ratio = _width(_flat(jets.pt)[sel] / gpt[sel]) / _width(pt_jec[sel] / gpt[sel])
+        assert ratio == pytest.approx(cset[SCALE_FACTOR].evaluate(0.1, 60.0, s), rel=0.01), v
