@@ -434,11 +434,11 @@ def p3_distance(a, b):
     return np.sqrt(sum((a[c] - b[c]) ** 2 for c in ("px", "py", "pz")))
 
 
-def peak(values, lo=400.0, hi=1400.0, width=20.0):
-    counts, edges = np.histogram(values, bins=np.arange(lo, hi + width, width))
-    smooth = np.convolve(counts, np.ones(3) / 3, mode="same")
-    i = int(np.argmax(smooth))
-    return 0.5 * (edges[i] + edges[i + 1])
+def peak(values, lo=400.0, hi=1400.0, bandwidth=20.0):
+    """Mode of a Gaussian kernel density estimate (1 GeV grid)."""
+    grid = np.arange(lo, hi, 1.0)
+    density = np.exp(-0.5 * ((grid[:, None] - values[None, :]) / bandwidth) ** 2).sum(axis=1)
+    return float(grid[np.argmax(density)])
 
 
 def rel_width(values):
@@ -446,21 +446,32 @@ def rel_width(values):
     return (q84 - q16) / (2 * q50)
 
 
-def physics_metrics(path, channel, standardisation="fold"):
-    """HME vs visible objects on a generated sample; used by the test and for docs/deephme.md."""
+def physics_metrics(path, channel, standardisation="fold", per_event=False):
+    """HME vs visible objects on a generated sample; used by the test and for docs/deephme.md.
+
+    Objects and events are selected with the analysis selection (crema.selections,
+    config ``hhbbww_run3``: isolated leptons, lepton-cleaned jets, channel cuts).
+    """
+    from crema.selections.config import load_selection
+    from crema.selections.hhbbww import channel_selection, select_objects
+
+    cfg = load_selection("hhbbww_run3")
     events = read_events(path)
-    objs = select(events)
-    keep = ak.to_numpy((ak.num(objs["leptons"]) >= NLEP[channel]) & (ak.num(objs["jets"]) >= 2))
-    objs, events = take(objs, keep), events[keep]
+    sel_objs = select_objects(events, cfg, btag_threshold=0.245, met="PuppiMET")
+    cuts, names = channel_selection(sel_objs, channel.lower(), cfg.channels[channel.lower()])
+    keep = cuts.all(*names) & ak.to_numpy(ak.num(sel_objs.jets) >= 2)
+    sel_objs, events = sel_objs[keep], events[keep]
+    objs = {"event_id": events.event, "leptons": sel_objs.leptons, "jets": sel_objs.jets, "fatjets": sel_objs.fatjets, "met": sel_objs.met}
     out = call(DeepHME(channel, standardisation=standardisation), objs)
 
     # generated Higgs bosons: the H whose daughters are b quarks is H->bb
     gen = events.GenPart
-    is_h = (gen.pdgId == 25) & gen.hasFlags(["isLastCopy"])
     mother = gen.genPartIdxMother
-    b_from_h = (abs(gen.pdgId) == 5) & (mother >= 0)
-    hbb_index = ak.firsts(mother[b_from_h][gen.pdgId[ak.where(b_from_h, mother, 0)][b_from_h] == 25])
-    local = ak.local_index(gen)
+    mother_pdg = gen.pdgId[ak.where(mother >= 0, mother, 0)]
+    b_from_h = (abs(gen.pdgId) == 5) & (mother >= 0) & (mother_pdg == 25)
+    hbb_index = ak.firsts(mother[b_from_h])
+    is_h = (gen.pdgId == 25) & gen.hasFlags(["isLastCopy"])
+    local = ak.local_index(gen.pdgId)
     gen_hbb = ak.firsts(gen[is_h & (local == hbb_index)])
     gen_hvv = ak.firsts(gen[is_h & (local != hbb_index)])
     truth = {"hbb": to_cartesian(gen_hbb), "hvv": to_cartesian(gen_hvv)}
@@ -489,9 +500,15 @@ def physics_metrics(path, channel, standardisation="fold"):
         "vis_rel_width": rel_width(visible_mass[ok]),
         "vis_median": float(np.median(visible_mass[ok])),
     }
+    # per-event resolution against the generated m(HH)
+    ratio = hme_mass[ok] / inv_mass(p4_sum(truth["hbb"], truth["hvv"]))[ok] - 1.0
+    q16, q50, q84 = np.percentile(ratio, [16, 50, 84])
+    metrics |= {"hme_vs_gen_bias": float(q50), "hme_vs_gen_res": float((q84 - q16) / 2)}
     for h in ("hbb", "hvv"):
         metrics[f"{h}_dist_hme"] = float(np.median(p3_distance(pred[h], truth[h])[ok]))
         metrics[f"{h}_dist_vis"] = float(np.median(p3_distance(vis[h], truth[h])[ok]))
+    if per_event:  # for paired comparisons (docs/deephme.md)
+        metrics["per_event"] = {"ratio": ratio, **{f"{h}_dist": p3_distance(pred[h], truth[h])[ok] for h in ("hbb", "hvv")}}
     return metrics
 
 
@@ -503,7 +520,7 @@ def generated(tmp_path_factory):
     out = {}
     for ch, process in (("DL", "hh_dl"), ("SL", "hh_sl")):
         path = tmp_path_factory.mktemp("gen") / f"{process}.root"
-        gen.write_nanoaod(str(path), process, 2000, seed=0, mass=X_MASS)
+        gen.write_nanoaod(str(path), process, 4000, seed=0, mass=X_MASS)
         out[ch] = path
     return out
 

@@ -162,12 +162,20 @@ def cvnotb_from_v12(btagPNetB, btagPNetCvL, btagPNetTauVJet=None):
     return _where(btagPNetB < 0, -1.0, _where(btagPNetCvL < 0, 0.0, value))
 
 
-def _pad(counts: np.ndarray, flat: Mapping[str, np.ndarray], slots: int, fill: float, order: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Jagged (``counts`` + flat contents) -> ``[n_events, slots]`` float64 arrays.
+def _pad(
+    counts: np.ndarray,
+    flat: Mapping[str, np.ndarray],
+    slots: int,
+    fill: float,
+    order: np.ndarray | None = None,
+    row_pos: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Jagged (``counts`` + flat contents) -> ``[n_events, slots]`` float32 arrays.
 
     ``order`` holds, for every element, the local index (within its event) of
     the element to put at this position (i.e. a flattened per-event argsort);
-    ``None`` keeps the given order.  Missing slots get ``fill``.
+    ``None`` keeps the given order.  ``row_pos[i]`` is the output row of event
+    ``i`` (default: ``i``).  Missing slots get ``fill``.
     """
     counts = np.asarray(counts, dtype=np.int64)
     n = len(counts)
@@ -175,24 +183,25 @@ def _pad(counts: np.ndarray, flat: Mapping[str, np.ndarray], slots: int, fill: f
     event_start = np.repeat(starts, counts)
     local = np.arange(len(event_start)) - event_start
     keep = local < slots
-    dest = (np.repeat(np.arange(n) * slots, counts) + local)[keep]
+    rows = np.arange(n) if row_pos is None else row_pos
+    dest = (np.repeat(rows * slots, counts) + local)[keep]
     src = (event_start + np.asarray(order, dtype=np.int64))[keep] if order is not None else np.flatnonzero(keep)
     out = {}
     for name, values in flat.items():
-        arr = np.full(n * slots, fill, dtype=np.float64)
+        arr = np.full(n * slots, fill, dtype=np.float32)
         arr[dest] = np.asarray(values)[src]
         out[name] = arr.reshape(n, slots)
     return out
 
 
 def _cartesian(pt, eta, phi, mass=None) -> dict[str, np.ndarray]:
-    """px, py, pz, E (float64) from pt, eta, phi, mass; zero-filled slots stay zero."""
-    pt = np.asarray(pt, dtype=np.float64)
-    phi = np.asarray(phi, dtype=np.float64)
+    """px, py, pz, E (float32, like the NanoAOD inputs) from pt, eta, phi, mass; zero-filled slots stay zero."""
+    pt = np.asarray(pt, dtype=np.float32)
+    phi = np.asarray(phi, dtype=np.float32)
     out = {"px": pt * np.cos(phi), "py": pt * np.sin(phi)}
     if eta is not None:
-        pz = pt * np.sinh(np.asarray(eta, dtype=np.float64))
-        mass = np.asarray(mass, dtype=np.float64)
+        pz = pt * np.sinh(np.asarray(eta, dtype=np.float32))
+        mass = np.asarray(mass, dtype=np.float32)
         out["pz"] = pz
         out["E"] = np.sqrt(pt * pt + pz * pz + mass * mass)
     return out
@@ -217,7 +226,7 @@ def propagate_mass_error(hvv_p3: np.ndarray, hbb_p3: np.ndarray, widths: np.ndar
             [(e_x / e_vv)[:, None] * hvv_p3 - p_x, (e_x / e_bb)[:, None] * hbb_p3 - p_x], axis=1
         ) / m_x[:, None]
     u = jac * widths
-    var = np.einsum("ni,ij,nj->n", u, corr, u)
+    var = np.sum((u @ corr) * u, axis=1)  # u C u^T per event
     return np.sqrt(np.maximum(var, 0.0))
 
 
@@ -225,7 +234,7 @@ def _energy_error(p3: np.ndarray, widths: np.ndarray, corr: np.ndarray) -> np.nd
     """Uncertainty of E = sqrt(m_H^2 + p^2) from the (correlated) p3 uncertainties."""
     energy = np.sqrt(HIGGS_MASS**2 + np.sum(p3**2, axis=1))
     u = p3 / energy[:, None] * widths
-    return np.sqrt(np.maximum(np.einsum("ni,ij,nj->n", u, corr, u), 0.0))
+    return np.sqrt(np.maximum(np.sum((u @ corr) * u, axis=1), 0.0))
 
 
 def _to_numpy(x, dtype=np.float64) -> np.ndarray:
@@ -309,6 +318,9 @@ class DeepHME(OnnxModel):
         self._check_params(params)
         self.input_names: list[str] = list(params["even"]["input_names"])
         self._plan, self._slots = self._column_plan(self.input_names)
+        self._plan_by_object: dict[str, list] = {}
+        for (obj, feat), where in self._plan.items():
+            self._plan_by_object.setdefault(obj, []).append((feat, where))
         self._folds = self._make_folds(params, standardisation)
 
     # -- configuration ----------------------------------------------------
@@ -365,11 +377,43 @@ class DeepHME(OnnxModel):
                 "odd": (arr("odd", "input_train_means"), arr("even", "input_train_scales"), arr("even", "target_train_means"), arr("even", "target_train_scales")),
             }
         # the network trained on even events is applied to odd events and vice versa
-        return tuple(_Fold(p, 1 if p == "even" else 0, *stats[p], corr[p]) for p in ("even", "odd"))
+        # inputs are standardised in float32 (the networks' precision), targets in float64
+        return tuple(
+            _Fold(p, 1 if p == "even" else 0, stats[p][0].astype(np.float32), stats[p][1].astype(np.float32), stats[p][2], stats[p][3], corr[p])
+            for p in ("even", "odd")
+        )
 
     # -- numpy core ---------------------------------------------------------
+    def _fold_order(self, event_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Event indices grouped by fold (``self._folds`` order) and the group boundaries."""
+        parity = (np.asarray(event_id) % 2).astype(np.int8)
+        groups = [np.flatnonzero(parity == fold.parity) for fold in self._folds]
+        return np.concatenate(groups), np.cumsum([0] + [len(g) for g in groups])
+
+    @staticmethod
+    def _unsort(outputs: dict[str, np.ndarray], order: np.ndarray) -> dict[str, np.ndarray]:
+        """Undo the fold grouping: row ``k`` of the outputs belongs to event ``order[k]``."""
+        result = {}
+        for name, values in outputs.items():
+            result[name] = np.empty_like(values)
+            result[name][order] = values
+        return result
+
+    def _input_matrix(self, objects: Mapping[str, Mapping[str, np.ndarray]], start: int, stop: int) -> np.ndarray:
+        """Unstandardised float32 model inputs ``[stop - start, n_inputs]`` for rows ``start:stop``."""
+        x = np.empty((stop - start, len(self.input_names)), dtype=np.float32)
+        for obj, fields in objects.items():
+            block = {k: v[start:stop] for k, v in fields.items()}
+            if obj == "met":
+                feats = {k: v[:, None] for k, v in _cartesian(block["pt"], None, block["phi"]).items()}
+            else:
+                feats = block | _cartesian(block["pt"], block["eta"], block["phi"], block["mass"])
+            for feat, (cols, slots) in self._plan_by_object.get(obj, ()):
+                x[:, cols] = feats[feat][:, slots]
+        return x
+
     def evaluate(self, event_id: np.ndarray, objects: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        """Evaluate on padded numpy inputs; the common core of ``__call__`` and :func:`predict`.
+        """Evaluate on padded numpy inputs; the core behind :func:`predict`.
 
         ``objects`` maps ``"jet"``, ``"fatjet"``, ``"lep"`` to
         ``{field: [n, slots] array}`` (pt, eta, phi, mass and the tagger
@@ -378,34 +422,36 @@ class DeepHME(OnnxModel):
         arrays: ``mass``, ``mass_error``, ``{hvv,hbb}_{px,py,pz,E}``,
         ``{hvv,hbb}_error_{px,py,pz,E}``.
         """
-        event_id = np.asarray(event_id)
-        n = len(event_id)
-        features = {}
-        for obj, fields in objects.items():
-            if obj == "met":
-                features[obj] = {k: v[:, None] for k, v in _cartesian(fields["pt"], None, fields["phi"]).items()}
-            else:
-                features[obj] = dict(fields) | _cartesian(fields["pt"], fields["eta"], fields["phi"], fields["mass"])
+        order, bounds = self._fold_order(event_id)
+        grouped = {obj: {k: np.asarray(v)[order] for k, v in fields.items()} for obj, fields in objects.items()}
+        return self._unsort(self._evaluate_grouped(grouped, bounds), order)
 
-        x = np.empty((n, len(self.input_names)), dtype=np.float64)
-        for (obj, feat), (cols, slots) in self._plan.items():
-            try:
-                src = features[obj][feat]
-            except KeyError:
-                raise KeyError(f"DeepHME input {obj}.{feat} missing") from None
-            x[:, cols] = src[:, slots]
-        valid = np.isfinite(x).all(axis=1)
-        parity = (event_id % 2).astype(np.int64)
+    def _evaluate_grouped(self, objects: Mapping[str, Mapping[str, np.ndarray]], bounds: np.ndarray) -> dict[str, np.ndarray]:
+        """Evaluate events already grouped by fold (rows ``bounds[i]:bounds[i+1]`` belong to ``self._folds[i]``)."""
+        missing = [f"{obj}.{feat}" for obj, feat in self._plan if obj != "met" and feat not in _P4 and feat not in objects.get(obj, {})]
+        if missing:
+            raise KeyError(f"DeepHME inputs missing: {missing}")
+        n = int(bounds[-1])
+        spans = [(fold, int(a), int(b)) for fold, a, b in zip(self._folds, bounds[:-1], bounds[1:])]
 
         quantiles = np.full((n, len(_TARGETS), 3), np.nan)
-        for fold in self._folds:
-            rows = np.flatnonzero(valid & (parity == fold.parity))
-            if rows.size == 0:
-                continue  # no session is created for a fold without events
-            xf = ((x[rows] - fold.in_mean) / fold.in_scale).astype(np.float32)
-            outs = self.run(xf, model=fold.model, output_names=_TARGETS)
-            y = np.stack([outs[t] for t in _TARGETS], axis=1).astype(np.float64)
-            quantiles[rows] = y * fold.tgt_scale[:, None] + fold.tgt_mean[:, None]
+        step = self.batch_size or max(n, 1)
+        for fold, first, last in spans:
+            # Why batch here and not only in run(): building, standardising and
+            # evaluating one batch at a time keeps the input matrix in cache.
+            for start in range(first, last, step):
+                stop = min(start + step, last)
+                x = self._input_matrix(objects, start, stop)
+                ok = np.isfinite(x).all(axis=1)
+                x -= fold.in_mean
+                x /= fold.in_scale
+                if not ok.all():
+                    x[~ok] = 0.0  # evaluated harmlessly, reported as NaN below
+                outs = self.run(x, model=fold.model, output_names=_TARGETS)
+                y = np.stack([outs[t] for t in _TARGETS], axis=1).astype(np.float64)
+                y = y * fold.tgt_scale[:, None] + fold.tgt_mean[:, None]
+                y[~ok] = np.nan
+                quantiles[start:stop] = y
 
         central = quantiles[:, :, 1]
         width = quantiles[:, :, 2] - quantiles[:, :, 0]
@@ -418,21 +464,18 @@ class DeepHME(OnnxModel):
         w3 = np.concatenate([width[:, 0:3], width[:, 4:7]], axis=1)
         mass_error = np.full(n, np.nan)
         err_e = {"hvv": np.full(n, np.nan), "hbb": np.full(n, np.nan)}
-        for fold in self._folds:
-            rows = np.flatnonzero(parity == fold.parity)
-            if rows.size == 0:
-                continue
-            mass_error[rows] = propagate_mass_error(p_vv[rows], p_bb[rows], w3[rows], fold.corr)
-            err_e["hvv"][rows] = _energy_error(p_vv[rows], w3[rows, 0:3], fold.corr[0:3, 0:3])
-            err_e["hbb"][rows] = _energy_error(p_bb[rows], w3[rows, 3:6], fold.corr[3:6, 3:6])
+        for fold, a, b in spans:
+            mass_error[a:b] = propagate_mass_error(p_vv[a:b], p_bb[a:b], w3[a:b], fold.corr)
+            err_e["hvv"][a:b] = _energy_error(p_vv[a:b], w3[a:b, 0:3], fold.corr[0:3, 0:3])
+            err_e["hbb"][a:b] = _energy_error(p_bb[a:b], w3[a:b, 3:6], fold.corr[3:6, 3:6])
 
         out = {"mass": mass, "mass_error": mass_error}
         for h, offset in (("hvv", 0), ("hbb", 4)):
             for i, c in enumerate(_P4):
-                out[f"{h}_{c}"] = np.ascontiguousarray(central[:, offset + i])
+                out[f"{h}_{c}"] = central[:, offset + i]
         for h, offset in (("hvv", 0), ("hbb", 4)):
             for i, c in enumerate(_P4[:3]):
-                out[f"{h}_error_{c}"] = np.ascontiguousarray(width[:, offset + i])
+                out[f"{h}_error_{c}"] = width[:, offset + i]
             out[f"{h}_error_E"] = err_e[h]
         return out
 
@@ -472,18 +515,22 @@ class DeepHME(OnnxModel):
         return (), kw
 
     def numpy_call(self, event_id: np.ndarray, **kw: np.ndarray) -> dict[str, np.ndarray]:
-        """Flat numpy arrays from :meth:`prepare_awkward` -> flat float64 outputs."""
+        """Flat numpy arrays from :meth:`prepare_awkward` -> flat float64 outputs (one per event)."""
+        event_id = np.asarray(event_id)
+        order, bounds = self._fold_order(event_id)
+        row_pos = np.empty(len(order), dtype=np.int64)
+        row_pos[order] = np.arange(len(order))  # padding writes each event straight to its fold-grouped row
         objects: dict[str, dict[str, np.ndarray]] = {}
         for prefix, fill in (("lep", np.nan), ("jet", 0.0), ("fatjet", 0.0)):
-            flat = {k[len(prefix) + 1 :]: v for k, v in kw.items() if k.startswith(prefix + "_") and k not in (f"{prefix}_counts", f"{prefix}_order")}
-            objects[prefix] = _pad(kw[f"{prefix}_counts"], flat, self._slots[prefix], fill, kw.get(f"{prefix}_order"))
+            skip = (f"{prefix}_counts", f"{prefix}_order")
+            flat = {k[len(prefix) + 1 :]: v for k, v in kw.items() if k.startswith(prefix + "_") and k not in skip}
+            objects[prefix] = _pad(kw[f"{prefix}_counts"], flat, self._slots[prefix], fill, kw.get(f"{prefix}_order"), row_pos)
         jet = objects["jet"]
         if "btagPNetCvNotB" not in jet:
             tau = jet.pop("btagPNetTauVJet", None)
-            jet["btagPNetCvNotB"] = cvnotb_from_v12(jet["btagPNetB"], jet["btagPNetCvL"], tau)
-            jet["btagPNetCvNotB"][jet["pt"] == 0] = 0.0  # keep empty slots zero-filled
-        objects["met"] = {"pt": np.asarray(kw["met_pt"]), "phi": np.asarray(kw["met_phi"])}
-        return self.evaluate(event_id, objects)
+            jet["btagPNetCvNotB"] = np.where(jet["pt"] == 0, np.float32(0), cvnotb_from_v12(jet["btagPNetB"], jet["btagPNetCvL"], tau))
+        objects["met"] = {"pt": np.asarray(kw["met_pt"])[order], "phi": np.asarray(kw["met_phi"])[order]}
+        return self._unsort(self._evaluate_grouped(objects, bounds), order)
 
     def postprocess_awkward(self, return_array, *args, **kwargs):
         """Flat outputs -> one record per event with nested p4 records."""
@@ -515,15 +562,15 @@ _PREDICTORS: dict[tuple, DeepHME] = {}
 
 
 def _padded(x, slots: int, fill: float) -> np.ndarray:
-    """Jagged awkward (or 2D numpy) per-object array -> [n, slots] float64, in the given order."""
+    """Jagged awkward (or 2D numpy) per-object array -> [n, slots] float32, in the given order."""
     if isinstance(x, ak.Array) and x.ndim == 2:
         counts = ak.to_numpy(ak.num(x, axis=1))
         flat = ak.to_numpy(ak.fill_none(ak.flatten(x, axis=1), fill))
         return _pad(counts, {"x": flat}, slots, fill)["x"]
-    arr = np.asarray(x, dtype=np.float64)
+    arr = np.asarray(x, dtype=np.float32)
     if arr.ndim == 1:
         arr = arr[:, None]
-    out = np.full((len(arr), slots), fill)
+    out = np.full((len(arr), slots), fill, dtype=np.float32)
     out[:, : min(slots, arr.shape[1])] = arr[:, :slots]
     return out
 
@@ -585,11 +632,11 @@ def predict(
     jet = {f: _padded(args[f"jet_{f}"], nj, 0.0) for f in KINEMATICS + JET_FIELDS if args[f"jet_{f}"] is not None}
     if "btagPNetCvNotB" not in jet:
         tau = None if jet_btagPNetTauVJet is None else _padded(jet_btagPNetTauVJet, nj, 0.0)
-        jet["btagPNetCvNotB"] = np.where(jet["pt"] == 0, 0.0, cvnotb_from_v12(jet["btagPNetB"], jet["btagPNetCvL"], tau))
+        jet["btagPNetCvNotB"] = np.where(jet["pt"] == 0, np.float32(0), cvnotb_from_v12(jet["btagPNetB"], jet["btagPNetCvL"], tau))
     fatjet = {f: _padded(args[f"fatjet_{f}"], nf, 0.0) for f in KINEMATICS + FATJET_FIELDS}
     leps = ("lep1", "lep2") if channel == "DL" else ("lep1",)
-    lep = {f: np.stack([_to_numpy(args[f"{lp}_{f}"]) for lp in leps], axis=1) for f in KINEMATICS}
-    met = {"pt": _to_numpy(met_pt), "phi": _to_numpy(met_phi)}
+    lep = {f: np.stack([_to_numpy(args[f"{lp}_{f}"], np.float32) for lp in leps], axis=1) for f in KINEMATICS}
+    met = {"pt": _to_numpy(met_pt, np.float32), "phi": _to_numpy(met_phi, np.float32)}
     out = hme.evaluate(_to_numpy(event_id, dtype=None), {"lep": lep, "jet": jet, "fatjet": fatjet, "met": met})
 
     if output_format == "mass":
