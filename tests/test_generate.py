@@ -109,6 +109,10 @@ def test_process_table_and_unknown_process():
         generate_events("ttbar", 10)
     with pytest.raises(ValueError, match="hh_dl"):
         write_nanoaod("/nonexistent/x.root", "zz", 10)
+    with pytest.raises(ValueError, match="mass"):
+        generate_events("hh_sl", 10, mass=200.0)  # below the HH threshold
+    empty = generate_events("dy", 0)
+    assert len(empty["Jet_pt"]) == 0 and empty["Jet_pt"].type.content.content.primitive == "float32"
 
 
 @pytest.mark.parametrize("process", ALL_PROCESSES)
@@ -333,7 +337,7 @@ def test_jet_energy_scale_and_real_jec_closure(tt):
     rho = np.repeat(np.asarray(tt["Rho_fixedGridRhoFastjetAll"]), np.asarray(tt["nJet"])).astype(np.float64)
     jec = correction_set().compound["Summer22_22Sep2023_V3_MC_L1L2L3Res_AK4PFPuppi"]
     corrected = raw * jec.evaluate(flat(tt, "Jet_area").astype(np.float64), flat(tt, "Jet_eta").astype(np.float64), raw, rho)
-    assert np.allclose(corrected, pt, rtol=1e-4)
+    assert np.allclose(corrected, pt, rtol=1e-6)
     assert 0.05 < raw_factor.mean() < 0.3  # the JEC is far from unity: raw pt is really raw
 
     gi = global_index(tt, "GenJet", tt["Jet_genJetIdx"])

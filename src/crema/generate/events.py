@@ -25,6 +25,7 @@ from .trigger import triggers
 
 BLOCK_SIZE = 10_000  # events per independent RNG block
 EVENTS_PER_LUMI = 1000
+MIN_X_MASS = 260.0  # X -> HH needs m_X > 2 m_H (plus room for the H line shape)
 
 PROCESSES: dict[str, str] = {name: spec.description for name, spec in PROCESS_SPECS.items()}
 
@@ -54,10 +55,12 @@ class Block:
         return Block(scalars, colls)
 
 
-def check_process(process: str) -> None:
-    """Raise ValueError for an unknown process name."""
+def check_process(process: str, mass: float = 800.0) -> None:
+    """Raise ValueError for an unknown process name (or an X mass below the HH threshold)."""
     if process not in PROCESS_SPECS:
         raise ValueError(f"unknown process {process!r}; known processes: {', '.join(PROCESS_SPECS)}")
+    if PROCESS_SPECS[process].uses_mass and not mass > MIN_X_MASS:
+        raise ValueError(f"X mass must be above {MIN_X_MASS} GeV for {process}, got {mass}")
 
 
 def block_rng(seed: int, process: str, block: int) -> np.random.Generator:
@@ -106,7 +109,7 @@ def generate_block(process: str, n: int, *, seed: int, block: int, mass: float) 
         "run": np.ones(n),
         "luminosityBlock": 1 + index // EVENTS_PER_LUMI,
         # unique within a file, distinct across seeds
-        "event": np.uint64(int(seed) % 2**64) * np.uint64(1_000_000_000) + index + np.uint64(1),
+        "event": np.uint64((int(seed) * 1_000_000_000 + 1) % 2**64) + index,
         "genWeight": weight,
         "Generator_weight": weight,
         "LHEWeight_originalXWGTUP": weight,
@@ -181,7 +184,7 @@ def generate_events(process: str, n_events: int, *, seed: int = 0, mass: float =
     jagged awkward arrays for collection fields.  ``mass`` is the X mass of the
     resonant ``hh_*`` processes (GeV) and ignored otherwise.
     """
-    check_process(process)
+    check_process(process, mass)
     if n_events < 0:
         raise ValueError("n_events must be >= 0")
     if n_events == 0:

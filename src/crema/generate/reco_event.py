@@ -13,7 +13,7 @@ PV_EFF, PV_GOOD_FRAC = 0.82, 0.92
 # MET: unclustered energy and its per-component resolution sigma = k * sqrt(sumEt)
 PF_UNCLUSTERED = (250.0, 35.0)  # mean unclustered sumEt = a + b * nPU (GeV)
 PUPPI_UNCLUSTERED = (120.0, 3.0)
-PF_MET_K, PUPPI_MET_K = 0.50, 0.65
+PF_MET_K, PUPPI_MET_K = 0.45, 0.60
 
 MET_FILTERS = (
     "goodVertices",

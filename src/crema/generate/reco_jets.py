@@ -30,6 +30,7 @@ GENJETAK8_PT_MIN = 100.0
 MAX_PU_JETS = 4
 PU_JETS_PER_PU = 0.03  # mean number of pileup-jet candidates per pileup interaction
 BTAG_ETA_MAX = 2.5
+PU_OFFSET = 0.04  # residual raw-pt offset per unit rho x area (GeV)
 
 # jet classes driving the response and tagging laws
 UDS, GLUON, CHARM, BOTTOM, LEPTON, PILEUP = range(6)
@@ -146,6 +147,8 @@ def reco_ak4(rng: np.random.Generator, cl: Clusters, genjet_index: np.ndarray, p
     sel = all_cand & (all_target > 12.0) & (np.abs(all_eta) < AK4_ETA_MAX)
     rho_b = np.broadcast_to(rho, all_cls.shape)
     raw_s = jec().raw_for(all_target[sel], area[sel], all_eta[sel], rho_b[sel])
+    # residual pileup offset ~ rho x area that the Puppi JEC (L1FastJet = 1) does not remove
+    raw_s = raw_s + PU_OFFSET * rho_b[sel] * area[sel] * (1.0 + 0.5 * rng.normal(size=raw_s.size))
     pt_s = raw_s * jec().factor(area[sel], all_eta[sel], raw_s, rho_b[sel])
     raw = np.zeros(all_cls.shape)
     pt = np.zeros(all_cls.shape)

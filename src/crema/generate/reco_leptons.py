@@ -104,9 +104,9 @@ def reco_leptons(
     u = rng.uniform(size=shape)
     eff_e = np.where(prompt, E_RECO_EFF[0], E_RECO_EFF[1]) * np.where((abs_eta > E_GAP[0]) & (abs_eta < E_GAP[1]), 0.7, 1.0)
     eff_mu = np.where(prompt, MU_RECO_EFF[0], MU_RECO_EFF[1])
-    # momentum resolution: muons 1% (+ pt term), electrons ~1.5-2%; endcaps 1.5x worse
-    endcap = np.where(abs_eta > 1.4, 1.5, 1.0)
-    res = np.where(is_mu, 0.01 + 1e-4 * g["pt"], np.sqrt(0.012**2 + 0.1**2 / np.maximum(g["pt"], 1.0))) * endcap
+    # momentum resolution: muons ~1% (+ curvature term), electrons ~1.5%; endcaps 1.4x worse
+    endcap = np.where(abs_eta > 1.4, 1.4, 1.0)
+    res = np.where(is_mu, 0.008 + 1e-4 * g["pt"], np.sqrt(0.010**2 + 0.08**2 / np.maximum(g["pt"], 1.0))) * endcap
     pt = g["pt"] * (1.0 + res * rng.normal(size=shape))
     eta = g["eta"] + 0.001 * rng.normal(size=shape)
     phi = g["phi"] + 0.001 * rng.normal(size=shape)
@@ -204,7 +204,7 @@ def _lepton_fields(rng, flavour: str, f: dict[str, np.ndarray], jet_pt: np.ndarr
         "tightCharge": rng.choice(3, m, p=[0.03, 0.07, 0.90]),
     }
     if flavour == "e":
-        x_noiso = np.where(prompt, 2.43, 0.6) + 1.02 * norm()
+        x_noiso = np.where(prompt, 2.6, 0.6) + 1.02 * norm()
         x_iso = x_noiso - 6.0 * np.clip(iso03 - 0.05, 0.0, None)
         y_id = np.where(prompt, 2.0, 1.0) + norm()
         id_level = (y_id > 0.04).astype(int) + (y_id > 0.305) + (y_id > 0.595) + (y_id > 0.92)

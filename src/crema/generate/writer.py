@@ -37,7 +37,7 @@ def write_nanoaod(
     not depend on ``chunk_size``.  Each collection gets the single ``n<Coll>``
     int32 counter NanoAODSchema expects.  Returns the path written.
     """
-    check_process(process)
+    check_process(process, mass)
     if n_events < 0:
         raise ValueError("n_events must be >= 0")
     path = pathlib.Path(path)
