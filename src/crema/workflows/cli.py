@@ -50,7 +50,8 @@ def run_and_write(config: Config, outdir: Path, plots: bool = True) -> dict:
     start = time.perf_counter()
     output, report = run(config)
     elapsed = time.perf_counter() - start
-    print_cutflow(output, Console())
+    # rich wraps at 80 columns when not writing to a terminal; a cutflow reads better unwrapped
+    print_cutflow(output, Console(width=None if sys.stdout.isatty() else 200))
     for line in report.lines():
         console.print(f"[yellow]warning:[/] {line}")
     paths = write_outputs(output, config.samples, outdir, report.to_dict())

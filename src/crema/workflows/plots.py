@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on batch nodes
 import matplotlib.pyplot as plt  # noqa: E402
 import mplhep as hep  # noqa: E402
+import numpy as np  # noqa: E402
 
 from crema.processors.common import SampleInfo  # noqa: E402
 from crema.workflows.outputs import NOMINAL, process_histograms  # noqa: E402
@@ -46,11 +47,16 @@ def plot_all(output: dict[str, Any], samples: dict[str, SampleInfo], outdir: str
 
 def _draw(procs, kinds, title, lumi, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 7))
-    backgrounds = sorted((p for p in procs if kinds.get(p) == "background"), key=lambda p: procs[p].sum().value)
+    # largest background at the bottom of the stack
+    backgrounds = sorted((p for p in procs if kinds.get(p) == "background"), key=lambda p: -procs[p].sum().value)
+    top = 0.0
     if backgrounds:
         hep.histplot([procs[p] for p in backgrounds], ax=ax, stack=True, histtype="fill", label=backgrounds)
+        top = sum(procs[p].values() for p in backgrounds).max()
     for p in (p for p in procs if kinds.get(p) == "signal"):
-        hep.histplot(procs[p], ax=ax, histtype="step", linewidth=2, label=p)
+        factor = signal_scale(procs[p].values().max(), top)
+        label = p if factor == 1 else f"{p} $\\times$ {factor:g}"
+        hep.histplot(procs[p] * factor, ax=ax, histtype="step", linewidth=2.5, color="black", label=label)
     if "data_obs" in procs:
         hep.histplot(procs["data_obs"], ax=ax, histtype="errorbar", color="black", label="data")
     ax.set_ylabel("Events")
@@ -59,3 +65,10 @@ def _draw(procs, kinds, title, lumi, path: Path) -> None:
     hep.cms.label(data="data_obs" in procs, lumi=lumi, com=13.6, ax=ax, fontsize=16)
     fig.savefig(path, dpi=80, bbox_inches="tight")
     plt.close(fig)
+
+
+def signal_scale(signal_max: float, background_max: float) -> float:
+    """A power of ten that lifts a small signal to a visible fraction (about 1/3) of the background."""
+    if signal_max <= 0 or background_max <= 0 or signal_max >= background_max / 3:
+        return 1.0
+    return float(10 ** np.floor(np.log10(background_max / 3 / signal_max)))
