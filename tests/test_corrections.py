@@ -510,3 +510,14 @@ def test_generated_jets_close_and_smear_by_sf(tmp_path, era, cset):
         assert sel.sum() > 150
         ratio = _width(_flat(jets.pt)[sel] / gpt[sel]) / _width(pt_jec[sel] / gpt[sel])
         assert ratio == pytest.approx(cset[SCALE_FACTOR].evaluate(0.1, 60.0, s), rel=0.01), v
+
+
+def test_corrector_validates_an_era_built_in_code(era):
+    from dataclasses import replace
+
+    bad = replace(era, jets=replace(era.jets, jer_scale_factor="Summer22_JRV1_MC_SF"))  # no from_dict check
+    with pytest.raises(ConfigError, match=r"jets\.jer_scale_factor: no correction 'Summer22_JRV1_MC_SF'.*ScaleFactor_AK4PFPuppi"):
+        JetCorrector(bad)
+    bad = replace(era, electron=replace(era.electron, working_point="wp99"))
+    with pytest.raises(ConfigError, match=r"electron\.working_point: .*wp90iso"):
+        EventWeights(bad)

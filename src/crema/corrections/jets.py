@@ -100,7 +100,11 @@ class JetCorrector:
         self.section = section
         self.config = cfg
         self.path = resolve_correction_file(cfg.file)
-        s = files.summary(self.path)  # validated already when the era was loaded; cheap (cached)
+        try:
+            cfg.validate()  # done already if the era came from load_era; cheap then (cached summary)
+        except ConfigError as err:
+            raise ConfigError(f"{section}.{err}") from None
+        s = files.summary(self.path)
         self._inputs = {name: s.corrections[name].input_names for name in self._keys()}
         # validity ranges for resolution, SF and uncertainties (the JEC itself is applied unclipped)
         self._ranges = {name: files.input_ranges(s.corrections[name]) for name in self._keys()

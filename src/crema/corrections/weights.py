@@ -25,7 +25,8 @@ from coffea.analysis_tools import Weights
 
 from crema.corrections import files
 from crema.corrections.btag import fixed_wp_jet_factor, working_point
-from crema.corrections.era import VALUE_INPUTS, EraConfig, Values, resolve_correction_file
+from crema.corrections.era import VALUE_INPUTS, EraConfig, resolve_correction_file
+from crema.schema import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,13 @@ class EventWeights:
     """
 
     def __init__(self, era: EraConfig, btag: Any | None = None) -> None:
+        for section in ("pileup", "muon", "electron", "btag_sf"):
+            cfg = getattr(era, section)
+            try:
+                if cfg is not None:
+                    cfg.validate()  # done already if the era came from load_era; cheap then (cached)
+            except ConfigError as err:
+                raise ConfigError(f"{section}.{err}") from None
         self.era_name = era.name
         self.pileup = _Correction(era.pileup.file, era.pileup.correction) if era.pileup else None
         self.pileup_values = era.pileup.values if era.pileup else None
