@@ -299,7 +299,7 @@ class ProcessSpec:
     description: str
     build: Callable
     n_leptons: int  # prompt charged leptons at generator level
-    incoming: str  # "gg" or "qq"
+    incoming: str  # "gg", "qq" (q qbar) or "qq'" (charged current)
     isr_mean: float  # mean number of ISR partons above isr_ptmin
     isr_min: int  # ISR partons always present (W+jets: >= 1 jet)
     isr_ptmin: float
@@ -340,7 +340,7 @@ PROCESS_SPECS: dict[str, ProcessSpec] = {
         ProcessSpec(
             "wjets",
             "W -> l nu (e/mu) + >= 1 ISR jet",
-            _build_w, 1, "qq", 1.0, 1, 15.0, 1.4, 50000.0, 0.2,
+            _build_w, 1, "qq'", 1.0, 1, 15.0, 1.4, 50000.0, 0.2,
         ),
         ProcessSpec(
             "tth_sl",
@@ -377,7 +377,7 @@ def generate_hard(spec: ProcessSpec, rng: np.random.Generator, n: int, mass: flo
 
     # ISR partons: Pareto pT spectrum (dN/dpT ~ pT^-3), broad rapidity
     n_isr = np.minimum(spec.isr_min + rng.poisson(spec.isr_mean, n), MAX_ISR)
-    quark_fraction = 0.4 if spec.incoming == "qq" else 0.25
+    quark_fraction = 0.25 if spec.incoming == "gg" else 0.4
     isr = []
     sum_px = np.zeros(n)
     sum_py = np.zeros(n)
@@ -409,11 +409,20 @@ def generate_hard(spec: ProcessSpec, rng: np.random.Generator, n: int, mass: flo
     z = np.zeros(n)
     rec[in1].p4 = P4(z, z.copy(), e1, e1.copy())
     rec[in2].p4 = P4(z.copy(), z.copy(), -e2, e2.copy())
-    if spec.incoming == "qq":
+    swap = rng.uniform(size=n) < 0.5  # which beam brings the quark
+    if spec.incoming == "qq":  # neutral current: q qbar
         q = rng.choice(np.array([1, 2, 3, 4]), n, p=[0.35, 0.5, 0.1, 0.05])
-        sign = np.where(rng.uniform(size=n) < 0.5, 1, -1)
-        rec[in1].pdg[:] = sign * q
-        rec[in2].pdg[:] = -sign * q
+        rec[in1].pdg[:] = np.where(swap, -q, q)
+        rec[in2].pdg[:] = np.where(swap, q, -q)
+    elif spec.incoming == "qq'":  # charged current: u dbar / c sbar -> W+, d ubar / s cbar -> W-
+        plus = rec[system_slots[0]].pdg > 0
+        second = rng.uniform(size=n) < 0.1
+        up = np.where(second, 4, 2)
+        down = np.where(second, 3, 1)
+        quark = np.where(plus, up, down)
+        antiquark = np.where(plus, -down, -up)
+        rec[in1].pdg[:] = np.where(swap, antiquark, quark)
+        rec[in2].pdg[:] = np.where(swap, quark, antiquark)
 
     finals = sorted({s for r in resonances for s in r.finals})
     event = HardEvent(rec, finals, isr, resonances)
