@@ -27,13 +27,28 @@ from crema.selections.objects import by_score
 
 
 @dataclass(frozen=True)
+class DeepHMEOptions:
+    """DeepHME heavy-mass estimation: the model per channel and how it runs."""
+
+    models: dict[str, str] = field(default_factory=lambda: {"sl": "predict_quantiles3D_SL_v3",
+                                                             "dl": "predict_quantiles3D_DL_v8"})
+    standardisation: Literal["fold", "reference"] = "fold"
+    threads: int = 1
+    providers: list[str] | None = None
+
+
+@dataclass(frozen=True)
 class HHbbWWOptions:
-    """Processor options (the ``processor.options`` block of a run config)."""
+    """Processor options (the ``processor.options`` block of a run config).
+
+    ``deephme``: null (default) runs no model; a mapping runs DeepHME on the selected events.
+    """
 
     selection: str = "hhbbww_run3"
     histograms: str = "hhbbww"
     met: Literal["PuppiMET", "MET"] = "PuppiMET"
     channels: list[str] = field(default_factory=lambda: ["sl", "dl"])
+    deephme: DeepHMEOptions | None = None
 
     def validate(self) -> None:
         for ch in self.channels:
@@ -69,7 +84,11 @@ OBSERVABLES: dict[str, Callable[[_Event], ak.Array]] = {
     "n_jets": lambda e: ak.num(e.objects.jets, axis=1),
     "n_bjets": lambda e: ak.num(e.objects.bjets, axis=1),
     "n_fatjets": lambda e: ak.num(e.objects.fatjets, axis=1),
+    "hme_mass": lambda e: e.inferred["hme"].mass,
+    "hme_mass_error": lambda e: e.inferred["hme"].mass_error,
 }
+# observables that exist only when a model runs: observable -> model option
+MODEL_OBSERVABLES = {"hme_mass": "deephme", "hme_mass_error": "deephme"}
 
 
 class HHbbWWProcessor(processor.ProcessorABC):
@@ -94,7 +113,11 @@ class HHbbWWProcessor(processor.ProcessorABC):
         self.btag_threshold = working_point(
             era.path("btag_file"), self.selection.btag.tagger, self.selection.btag.working_point
         )
-        self.hist_specs = load_histogram_specs(options.histograms)
+        # a model's observables are booked only when that model runs
+        disabled = {name for name, model in MODEL_OBSERVABLES.items() if getattr(options, model) is None}
+        self.hist_specs = {
+            name: spec for name, spec in load_histogram_specs(options.histograms).items() if name not in disabled
+        }
         unknown = sorted(set(self.hist_specs) - set(OBSERVABLES))
         if unknown:
             raise ConfigError(
@@ -102,11 +125,35 @@ class HHbbWWProcessor(processor.ProcessorABC):
             )
         self.channels = [ch for ch in options.channels if ch in self.selection.channels]
         self.systematics = ["nominal"]
+        self.hme = self._deephme(options.deephme) if options.deephme is not None else None
+
+    def _deephme(self, opts: DeepHMEOptions) -> dict[str, Any]:
+        """One DeepHME wrapper per channel, built now so a bad model name fails at start-up."""
+        from crema.models.deephme import DeepHME
+
+        wrappers = {}
+        for channel in self.channels:
+            model = opts.models.get(channel)
+            if model is None:
+                raise ConfigError(f"processor.options.deephme.models.{channel}: no model for this channel")
+            try:
+                wrappers[channel] = DeepHME(channel.upper(), model, opts.standardisation,
+                                            threads=opts.threads, providers=opts.providers)
+            except (ValueError, FileNotFoundError) as err:
+                raise ConfigError(f"processor.options.deephme.models.{channel}: {err}") from None
+        return wrappers
 
     # ------------------------------------------------------------------ interface
     def required_branches(self, sample: SampleInfo) -> dict[str, str]:
         """Branches this processor reads for ``sample``, each mapped to what needs it."""
         needs = sel.required_branches(self.selection, self.options.met)
+        if self.hme is not None:
+            from crema.models.deephme import FATJET_FIELDS, JET_FIELDS
+
+            needs["event"] = "DeepHME (event parity picks the fold)"
+            # btagPNetCvNotB is absent from NanoAODv12; the wrapper substitutes it
+            needs.update({f"Jet_{f}": "DeepHME jet inputs" for f in JET_FIELDS if f != "btagPNetCvNotB"})
+            needs.update({f"FatJet_{f}": "DeepHME fat-jet inputs" for f in FATJET_FIELDS})
         if sample.is_mc:
             needs["genWeight"] = "event weights (simulated datasets)"
         return needs
@@ -175,8 +222,11 @@ class HHbbWWProcessor(processor.ProcessorABC):
         return objects
 
     def infer(self, channel: str, events: ak.Array, objects: sel.Objects) -> dict[str, ak.Array]:
-        """Model outputs per selected event (crema.models), by observable name; none yet."""
-        return {}
+        """Model outputs for the selected events of ``channel`` (crema.models), by model name."""
+        inferred = {}
+        if self.hme is not None:
+            inferred["hme"] = self.hme[channel](events.event, objects.leptons, objects.jets, objects.fatjets, objects.met)
+        return inferred
 
     def weights(self, events: ak.Array, sample: SampleInfo) -> Weights:
         """Event weights with coffea ``Weights``: genWeight for simulation, 1 for data."""
