@@ -279,6 +279,20 @@ def test_prompt_lepton_multiplicity(process):
         assert np.all((g["statusFlags"][nonprompt] & (1 << 6)) > 0)
 
 
+@pytest.mark.parametrize("process", ALL_PROCESSES)
+def test_values_finite_and_angles_in_range(process):
+    ev = generate_events(process, 300, seed=10)
+    for name, arr in ev.items():
+        values = flat(ev, name)
+        if values.dtype.kind == "f":
+            assert np.all(np.isfinite(values)), name
+        if name.endswith("_phi"):
+            assert np.all(np.abs(values) <= np.pi + 1e-6), name
+        if name.endswith("_pt") or name.endswith("_mass") or name.endswith("_msoftdrop"):
+            assert np.all(values >= 0), name
+    assert np.all(np.abs(flat(ev, "Jet_eta")) < 5.0)
+
+
 def test_x_mass_parameter():
     for mass in (500.0, 1500.0):
         g = _genpart(generate_events("hh_sl", 200, seed=2, mass=mass))

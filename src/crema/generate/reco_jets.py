@@ -123,7 +123,7 @@ def reco_ak4(rng: np.random.Generator, cl: Clusters, genjet_index: np.ndarray, p
     target = np.maximum(np.where(cls == LEPTON, lep_target, target), 0.5)
     ang = 0.008 + 0.25 / np.maximum(g_pt, 5.0)
     eta = g_eta + ang * rng.normal(size=(n, K))
-    phi = g_phi + ang * rng.normal(size=(n, K))
+    phi = delta_phi(g_phi + ang * rng.normal(size=(n, K)), 0.0)  # wrapped to [-pi, pi)
 
     # pileup jets: no gen match, mostly forward (Puppi removes charged PU)
     n_puj = np.minimum(rng.poisson(PU_JETS_PER_PU * pu.n_pu), MAX_PU_JETS)
@@ -157,7 +157,6 @@ def reco_ak4(rng: np.random.Generator, cl: Clusters, genjet_index: np.ndarray, p
     keep = sel & (pt > AK4_PT_MIN)
     order, new_index = order_and_select(keep, pt)
 
-    col = np.broadcast_to(np.arange(all_cls.shape[1]), all_cls.shape)
     gen_idx = cat(genjet_index, np.full((n, MAX_PU_JETS), -1))
     counts, f = compact(
         keep,
@@ -169,7 +168,6 @@ def reco_ak4(rng: np.random.Generator, cl: Clusters, genjet_index: np.ndarray, p
             "phi": all_phi,
             "area": area,
             "cls": all_cls,
-            "col": col,
             "gen_idx": gen_idx,
             "g_pt": cat(g_pt, z_pu),
             "g_phi": cat(g_phi, z_pu),
@@ -418,7 +416,7 @@ def reco_ak8(rng: np.random.Generator, hard: HardEvent, inp: Inputs, cl: Cluster
     single = f["n_in"] == 1
     msd_gen = np.sqrt(np.clip(f["msd2"], 0.0, None)) * np.where(single, np.exp(0.5 * rng.normal(size=m)), 1.0)
     eta = f["eta"] + 0.01 * rng.normal(size=m)
-    phi = f["phi"] + 0.01 * rng.normal(size=m)
+    phi = delta_phi(f["phi"] + 0.01 * rng.normal(size=m), 0.0)
     mass = np.clip(f["g_m"] * pt / f["g_pt"] * (1.0 + 0.08 * rng.normal(size=m)), 0.0, None)
     msd = np.clip(msd_gen * (0.98 + 0.08 * rng.normal(size=m)), 0.0, None)
     target = np.where(c >= W_JET, msd_gen, 0.9 * f["g_m"]) * (1.0 + 0.05 * rng.normal(size=m))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .genjets import Clusters, Inputs
+from .kinematics import delta_phi
 from .padded import compact, gather, order_and_select
 from .processes import HardEvent
 from .reco_event import Pileup
@@ -109,7 +110,7 @@ def reco_leptons(
     res = np.where(is_mu, 0.008 + 1e-4 * g["pt"], np.sqrt(0.010**2 + 0.08**2 / np.maximum(g["pt"], 1.0))) * endcap
     pt = g["pt"] * (1.0 + res * rng.normal(size=shape))
     eta = g["eta"] + 0.001 * rng.normal(size=shape)
-    phi = g["phi"] + 0.001 * rng.normal(size=shape)
+    phi = delta_phi(g["phi"] + 0.001 * rng.normal(size=shape), 0.0)
     keep_e = is_e & (u < eff_e) & (pt > E_PT_MIN) & (abs_eta < E_ETA_MAX)
     keep_mu = is_mu & (u < eff_mu) & (pt > MU_PT_MIN) & (abs_eta < MU_ETA_MAX)
 
