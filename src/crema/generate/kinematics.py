@@ -64,15 +64,6 @@ class P4:
         """Multiply all components by ``f``."""
         return P4(self.px * f, self.py * f, self.pz * f, self.e * f)
 
-    def where(self, mask, other: P4) -> P4:
-        """Per event: ``self`` where mask else ``other``."""
-        return P4(
-            np.where(mask, self.px, other.px),
-            np.where(mask, self.py, other.py),
-            np.where(mask, self.pz, other.pz),
-            np.where(mask, self.e, other.e),
-        )
-
     @cached_property
     def pt(self) -> np.ndarray:
         return np.hypot(self.px, self.py)
@@ -114,10 +105,6 @@ class P4:
     def boost_from_rest_of(self, parent: P4) -> P4:
         """Interpret ``self`` as given in ``parent``'s rest frame and boost to the lab."""
         return self.boost(parent.px / parent.e, parent.py / parent.e, parent.pz / parent.e)
-
-    def boost_to_rest_of(self, parent: P4) -> P4:
-        """Express ``self`` in ``parent``'s rest frame."""
-        return self.boost(-parent.px / parent.e, -parent.py / parent.e, -parent.pz / parent.e)
 
 
 def delta_phi(a, b):

@@ -28,13 +28,6 @@ def compact(valid: np.ndarray, order: np.ndarray, fields: dict[str, np.ndarray])
     return keep.sum(axis=1), flat
 
 
-def remap(columns: np.ndarray, new_index: np.ndarray) -> np.ndarray:
-    """Translate old column numbers (-1 = none) into new collection indices via ``new_index``."""
-    safe = np.clip(columns, 0, None)
-    out = np.take_along_axis(new_index, safe, axis=1)
-    return np.where(columns >= 0, out, -1)
-
-
 def gather(a: np.ndarray, columns: np.ndarray, fill=0):
     """a[i, columns[i, j]] with ``fill`` where columns < 0."""
     safe = np.clip(columns, 0, None)
