@@ -37,6 +37,8 @@ UDS, GLUON, CHARM, BOTTOM, LEPTON, PILEUP = range(6)
 
 # mean reco/gen response after JEC (gluon value is at 30 GeV, see _response)
 RESPONSE = np.array([1.00, 0.99, 0.99, 0.98, 1.00, 1.00])
+# resolution relative to the JER (softer gluon fragmentation, b/c decays with muons and neutrinos)
+RESOLUTION_SCALE = np.array([1.00, 1.08, 1.04, 1.08, 1.00, 1.00])
 # PNet b score: logit(score) ~ N(mean, sd)
 B_LOGIT = np.array([[-5.32, 1.80], [-5.00, 1.85], [-3.27, 2.07], [1.975, 3.25], [-6.0, 1.5], [-5.8, 1.7]])
 # c share of the non-b probability (= CvL): logit ~ N(mean, sd)
@@ -115,7 +117,7 @@ def reco_ak4(rng: np.random.Generator, cl: Clusters, genjet_index: np.ndarray, p
     rho = pu.rho[:, None]
 
     # detector smearing around the flavour response (JER = real MC resolution)
-    sigma = jer()(g_eta, g_pt, np.broadcast_to(rho, g_pt.shape))
+    sigma = jer()(g_eta, g_pt, np.broadcast_to(rho, g_pt.shape)) * RESOLUTION_SCALE[cls]
     target = g_pt * _response(cls, g_pt) * (1.0 + sigma * rng.normal(size=(n, K)))
     tail = rng.uniform(size=(n, K)) < 0.02  # non-Gaussian low tail (cracks, punch-through)
     target = np.where(tail, target * rng.uniform(0.7, 0.95, (n, K)), target)
