@@ -13,6 +13,8 @@ from coffea.analysis_tools import Weights
 
 from crema.corrections.btag import working_point
 from crema.corrections.era import EraConfig
+
+NOMINAL = "nominal"
 from crema.processors.common import (
     SampleInfo,
     book,
@@ -38,10 +40,26 @@ class DeepHMEOptions:
 
 
 @dataclass(frozen=True)
+class CorrectionOptions:
+    """Which corrections run (files and keys come from the era).
+
+    ``jets``: JEC + JER on AK4 jets, propagated to MET; ``weights``: pileup and lepton (and b-tag,
+    where the era has scale factors) weights; ``systematics``: also fill every JES/JER shape
+    variation and weight variation on the histogram's systematic axis (off for quick runs).
+    """
+
+    jets: bool = True
+    weights: bool = True
+    systematics: bool = True
+    jes_sources: list[str] | None = None  # None: the era's (regrouped) set
+
+
+@dataclass(frozen=True)
 class HHbbWWOptions:
     """Processor options (the ``processor.options`` block of a run config).
 
     ``deephme``: null (default) runs no model; a mapping runs DeepHME on the selected events.
+    ``corrections``: null (default) applies none; a mapping applies the era's corrections.
     """
 
     selection: str = "hhbbww_run3"
@@ -49,6 +67,7 @@ class HHbbWWOptions:
     met: Literal["PuppiMET", "MET"] = "PuppiMET"
     channels: list[str] = field(default_factory=lambda: ["sl", "dl"])
     deephme: DeepHMEOptions | None = None
+    corrections: CorrectionOptions | None = None
 
     def validate(self) -> None:
         for ch in self.channels:
@@ -69,6 +88,14 @@ class _Event:
         self.jet = ak.pad_none(self.objects.jets, 2, axis=1)
         self.bjet_pair = ak.pad_none(by_score(self.objects.jets, self.btag_score)[:, :2], 2, axis=1)
         self.fatjet = ak.pad_none(self.objects.fatjets, 1, axis=1)
+        self._values: dict[str, np.ndarray] = {}
+
+    def value(self, name: str) -> np.ndarray:
+        """The observable ``name`` per event as float64 numpy (NaN where undefined), computed once."""
+        if name not in self._values:
+            values = ak.fill_none(OBSERVABLES[name](self), np.nan)
+            self._values[name] = np.asarray(ak.to_numpy(values), dtype=np.float64)
+        return self._values[name]
 
 OBSERVABLES: dict[str, Callable[[_Event], ak.Array]] = {
     "lep1_pt": lambda e: e.lep[:, 0].pt,
@@ -78,8 +105,8 @@ OBSERVABLES: dict[str, Callable[[_Event], ak.Array]] = {
     "jet1_eta": lambda e: e.jet[:, 0].eta,
     "jet2_pt": lambda e: e.jet[:, 1].pt,
     "fatjet1_pt": lambda e: e.fatjet[:, 0].pt,
-    "m_ll": lambda e: (e.lep[:, 0] + e.lep[:, 1]).mass,
-    "m_bb": lambda e: (e.bjet_pair[:, 0] + e.bjet_pair[:, 1]).mass,
+    "m_ll": lambda e: pair_mass(e.lep[:, 0], e.lep[:, 1]),
+    "m_bb": lambda e: pair_mass(e.bjet_pair[:, 0], e.bjet_pair[:, 1]),
     "met_pt": lambda e: e.objects.met.pt,
     "n_jets": lambda e: ak.num(e.objects.jets, axis=1),
     "n_bjets": lambda e: ak.num(e.objects.bjets, axis=1),
@@ -87,8 +114,32 @@ OBSERVABLES: dict[str, Callable[[_Event], ak.Array]] = {
     "hme_mass": lambda e: e.inferred["hme"].mass,
     "hme_mass_error": lambda e: e.inferred["hme"].mass_error,
 }
+def pair_mass(a: ak.Array, b: ak.Array) -> np.ndarray:
+    """Invariant mass of two (optional) pt/eta/phi/mass records per event; NaN where one is missing.
+
+    Plain numpy on the four components: vector's record addition costs far more per call.
+    """
+    def p4(x):
+        pt, eta, phi, m = (np.asarray(ak.to_numpy(ak.fill_none(x[f], np.nan)), dtype=np.float64)
+                           for f in ("pt", "eta", "phi", "mass"))
+        pz = pt * np.sinh(eta)
+        return np.sqrt(pt**2 + pz**2 + m**2), pt * np.cos(phi), pt * np.sin(phi), pz
+
+    (ea, xa, ya, za), (eb, xb, yb, zb) = p4(a), p4(b)
+    m2 = (ea + eb) ** 2 - (xa + xb) ** 2 - (ya + yb) ** 2 - (za + zb) ** 2
+    return np.sqrt(np.maximum(m2, 0.0))
+
+
 # observables that exist only when a model runs: observable -> model option
 MODEL_OBSERVABLES = {"hme_mass": "deephme", "hme_mass_error": "deephme"}
+
+
+def _axis_name(variation: str) -> str:
+    """Histogram-axis name of a jet variation: ``JES_Absolute_up`` -> ``JES_AbsoluteUp``."""
+    for suffix, axis_suffix in (("_up", "Up"), ("_down", "Down")):
+        if variation.endswith(suffix):
+            return variation[: -len(suffix)] + axis_suffix
+    return variation
 
 
 class HHbbWWProcessor(processor.ProcessorABC):
@@ -124,8 +175,38 @@ class HHbbWWProcessor(processor.ProcessorABC):
                 f"histograms.{unknown[0]}: unknown observable (known: {', '.join(OBSERVABLES)})"
             )
         self.channels = [ch for ch in options.channels if ch in self.selection.channels]
-        self.systematics = ["nominal"]
         self.hme = self._deephme(options.deephme) if options.deephme is not None else None
+        self.jet_corrector, self.event_weights = self._corrections(options.corrections, era)
+        self.shape_variations = self._shape_variations(options.corrections)
+        weight_variations = (self.event_weights.variations if self.event_weights is not None
+                             and options.corrections.systematics else [])
+        self.weight_variations = weight_variations
+        self.systematics = [NOMINAL, *(_axis_name(v) for v in self.shape_variations), *weight_variations]
+
+    def _corrections(self, opts: CorrectionOptions | None, era: EraConfig):
+        """Build the jet corrector and event weights once (validating the era's files and keys)."""
+        if opts is None:
+            return None, None
+        from crema.corrections.jets import JetCorrector
+        from crema.corrections.weights import EventWeights
+
+        corrector = JetCorrector(era, "jets") if opts.jets else None
+        weights = EventWeights(era, self.selection.btag) if opts.weights else None
+        return corrector, weights
+
+    def _shape_variations(self, opts: CorrectionOptions | None) -> list[str]:
+        if self.jet_corrector is None or not opts.systematics:
+            return []
+        variations = self.jet_corrector.variations
+        if opts.jes_sources is not None:
+            known = {v.split("_", 1)[1].rsplit("_", 1)[0] for v in variations if v.startswith("JES_")}
+            unknown = sorted(set(opts.jes_sources) - known)
+            if unknown:
+                raise ConfigError(f"processor.options.corrections.jes_sources: unknown source {unknown[0]!r} "
+                                  f"(the era has: {', '.join(sorted(known))})")
+            variations = [v for v in variations if not v.startswith("JES_")
+                          or v.split("_", 1)[1].rsplit("_", 1)[0] in opts.jes_sources]
+        return variations
 
     def _deephme(self, opts: DeepHMEOptions) -> dict[str, Any]:
         """One DeepHME wrapper per channel, built now so a bad model name fails at start-up."""
@@ -156,6 +237,16 @@ class HHbbWWProcessor(processor.ProcessorABC):
             needs.update({f"FatJet_{f}": "DeepHME fat-jet inputs" for f in FATJET_FIELDS})
         if sample.is_mc:
             needs["genWeight"] = "event weights (simulated datasets)"
+        if self.jet_corrector is not None:
+            for b in ("Jet_rawFactor", "Jet_area", f"Rho_{self.jet_corrector.config.rho}"):
+                needs[b] = "jet energy corrections (processor.options.corrections.jets)"
+            if sample.is_mc:
+                needs["Jet_genJetIdx"] = needs["GenJet_pt"] = "jet energy resolution smearing"
+            if not sample.is_mc:
+                needs["run"] = "data jet energy corrections"
+            needs["luminosityBlock"] = needs["event"] = "JER random numbers seeded per event"
+        if self.event_weights is not None and sample.is_mc and self.event_weights.pileup is not None:
+            needs["Pileup_nTrueInt"] = "pileup weight (processor.options.corrections.weights)"
         return needs
 
     def empty_output(self) -> dict[str, Any]:
@@ -178,19 +269,30 @@ class HHbbWWProcessor(processor.ProcessorABC):
         out["nevents"][dataset] = n
         out["processed"][events.metadata["filename"]] = n
 
-        objects = self.select(events)
-        objects = self.correct(events, objects)
-        weights = self.weights(events, sample)
-        out["sumw"][dataset] = float(np.sum(weights.weight())) if n else 0.0
+        variants = self.correct(events, sample)
+        nominal = self.select(variants[NOMINAL])
+        weights = self.weights(variants[NOMINAL], sample, nominal)
+        out["sumw"][dataset] = float(np.sum(weights.partial_weight(include=["genWeight"]))) if sample.is_mc else float(n)
 
-        regions = sel.region_masks(objects, self.selection.regions)
-        for channel in self.channels:
-            selection, cuts = sel.channel_selection(objects, channel, self.selection.channels[channel])
-            self.fill_cutflow(out, dataset, channel, selection, cuts, weights)
-            mask = selection.all(*cuts)
-            inferred = self.infer(channel, events[mask], objects[mask])
-            self.fill(out["histograms"], dataset, channel, "nominal", objects[mask], inferred,
-                      weights.weight()[mask], {r: m[mask] for r, m in regions.items()})
+        for systematic, corrected in variants.items():
+            # a shape variation redoes selection, models and filling; weight variations only re-weight
+            objects = nominal if systematic == NOMINAL else self.select(corrected, nominal.leptons)
+            regions = sel.region_masks(objects, self.selection.regions)
+            for channel in self.channels:
+                selection, cuts = sel.channel_selection(objects, channel, self.selection.channels[channel])
+                if systematic == NOMINAL:
+                    self.fill_cutflow(out, dataset, channel, selection, cuts, weights)
+                mask = selection.all(*cuts)
+                chosen = objects[mask]
+                inferred = self.infer(channel, corrected[mask], chosen)
+                in_regions = {r: m[mask] for r, m in regions.items()}
+                event = _Event(chosen, inferred, self.selection.btag.score)
+                self.fill(out["histograms"], dataset, channel, _axis_name(systematic), event,
+                          weights.weight()[mask], in_regions)
+                if systematic == NOMINAL and sample.is_mc:
+                    for variation in self.weight_variations:
+                        self.fill(out["histograms"], dataset, channel, variation, event,
+                                  weights.weight(variation)[mask], in_regions)
         return out
 
     def postprocess(self, accumulator: dict[str, Any]) -> dict[str, Any]:
@@ -213,13 +315,24 @@ class HHbbWWProcessor(processor.ProcessorABC):
         return out
 
     # ------------------------------------------------------------------ steps
-    def select(self, events: ak.Array) -> sel.Objects:
-        """Object selection (crema.selections)."""
-        return sel.select_objects(events, self.selection, self.btag_threshold, self.options.met)
+    def select(self, events: ak.Array, leptons: ak.Array | None = None) -> sel.Objects:
+        """Object selection (crema.selections); ``leptons`` reuses an earlier lepton selection."""
+        return sel.select_objects(events, self.selection, self.btag_threshold, self.options.met, leptons)
 
-    def correct(self, events: ak.Array, objects: sel.Objects) -> sel.Objects:
-        """Object corrections (crema.corrections); none are applied yet."""
-        return objects
+    def correct(self, events: ak.Array, sample: SampleInfo) -> dict[str, ak.Array]:
+        """Events with corrected jets and MET, per jet variation (``nominal`` first; crema.corrections).
+
+        Without jet corrections this is ``{"nominal": events}``; data get no shape variations.
+        """
+        if self.jet_corrector is None:
+            return {NOMINAL: events}
+        wanted = [NOMINAL, *(self.shape_variations if sample.is_mc else [])]
+        met = self.options.met
+        variants = {}
+        for variation, jets in self.jet_corrector.correct_all(events, wanted).items():
+            corrected = ak.with_field(events, jets, "Jet")
+            variants[variation] = ak.with_field(corrected, self.jet_corrector.corrected_met(events, jets, met), met)
+        return variants
 
     def infer(self, channel: str, events: ak.Array, objects: sel.Objects) -> dict[str, ak.Array]:
         """Model outputs for the selected events of ``channel`` (crema.models), by model name."""
@@ -228,11 +341,14 @@ class HHbbWWProcessor(processor.ProcessorABC):
             inferred["hme"] = self.hme[channel](events.event, objects.leptons, objects.jets, objects.fatjets, objects.met)
         return inferred
 
-    def weights(self, events: ak.Array, sample: SampleInfo) -> Weights:
-        """Event weights with coffea ``Weights``: genWeight for simulation, 1 for data."""
+    def weights(self, events: ak.Array, sample: SampleInfo, objects: sel.Objects) -> Weights:
+        """Event weights with coffea ``Weights``: genWeight and the era's scale factors for
+        simulation (with up/down variations), 1 for data."""
         weights = Weights(len(events), storeIndividual=True)
         if sample.is_mc:
             weights.add("genWeight", np.asarray(ak.to_numpy(events.genWeight), dtype=np.float64))
+            if self.event_weights is not None:
+                self.event_weights.add(weights, events, objects.leptons, objects.jets)
         return weights
 
     @staticmethod
@@ -247,12 +363,10 @@ class HHbbWWProcessor(processor.ProcessorABC):
         out["cutflow"].setdefault(dataset, {})[channel] = counts
         out["cutflow_weighted"].setdefault(dataset, {})[channel] = sums
 
-    def fill(self, hists, dataset, channel, systematic, objects, inferred, weight, regions) -> None:
+    def fill(self, hists, dataset, channel, systematic, event: _Event, weight, regions) -> None:
         """Fill every booked observable for the selected events of one channel, per region."""
-        event = _Event(objects, inferred, self.selection.btag.score)
         for name, h in hists.items():
-            values = OBSERVABLES[name](event)
-            values = np.asarray(ak.to_numpy(ak.fill_none(values, np.nan)), dtype=np.float64)
+            values = event.value(name)
             valid = np.isfinite(values)
             for region, in_region in regions.items():
                 m = valid & in_region

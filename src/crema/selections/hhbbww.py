@@ -45,9 +45,13 @@ def required_branches(cfg: SelectionConfig, met: str) -> dict[str, str]:
     return needs
 
 
-def select_objects(events: ak.Array, cfg: SelectionConfig, btag_threshold: float, met: str = "PuppiMET") -> Objects:
-    """Apply the object selections of ``cfg`` to a chunk of NanoEvents."""
-    leps = leptons(events.Electron, events.Muon, cfg.electron, cfg.muon)
+def select_objects(events: ak.Array, cfg: SelectionConfig, btag_threshold: float, met: str = "PuppiMET",
+                   selected_leptons: ak.Array | None = None) -> Objects:
+    """Apply the object selections of ``cfg`` to a chunk of NanoEvents.
+
+    ``selected_leptons`` reuses leptons selected before (jet variations do not change them).
+    """
+    leps = leptons(events.Electron, events.Muon, cfg.electron, cfg.muon) if selected_leptons is None else selected_leptons
     central, forward = jet_masks(events.Jet, leps, cfg.jet)
     jets = events.Jet[central]
     return Objects(
