@@ -75,60 +75,77 @@ class HHbbWWOptions:
                 raise ConfigError(f"channels: unknown channel {ch!r} (known: {', '.join(sel.CHANNELS)})")
 
 
-@dataclass
+def _numpy(values: ak.Array) -> np.ndarray:
+    return np.asarray(ak.to_numpy(values), dtype=np.float64)
+
+
 class _Event:
-    """Per-event inputs of the observables, padded once so each observable is a cheap lookup."""
+    """The selected objects of one channel as the observables see them.
 
-    objects: sel.Objects
-    inferred: dict[str, ak.Array]
-    btag_score: str
+    Each (collection, field) is padded once into a numpy (events, k) array with NaN for missing
+    objects, so every observable is plain numpy and weight variations reuse the same values.
+    """
 
-    def __post_init__(self):
-        self.lep = ak.pad_none(self.objects.leptons, 2, axis=1)
-        self.jet = ak.pad_none(self.objects.jets, 2, axis=1)
-        self.bjet_pair = ak.pad_none(by_score(self.objects.jets, self.btag_score)[:, :2], 2, axis=1)
-        self.fatjet = ak.pad_none(self.objects.fatjets, 1, axis=1)
+    SLOTS = {"lep": 2, "jet": 2, "bjet": 2, "fatjet": 1}
+
+    def __init__(self, objects: sel.Objects, inferred: dict[str, ak.Array], btag_score: str) -> None:
+        self.objects = objects
+        self.inferred = inferred
+        self.btag_score = btag_score
+        self._arrays: dict[tuple[str, str], np.ndarray] = {}
         self._values: dict[str, np.ndarray] = {}
+        self._bjets: ak.Array | None = None
+
+    def collection(self, name: str) -> ak.Array:
+        if name == "bjet":
+            if self._bjets is None:
+                self._bjets = by_score(self.objects.jets, self.btag_score)
+            return self._bjets
+        return {"lep": self.objects.leptons, "jet": self.objects.jets, "fatjet": self.objects.fatjets}[name]
+
+    def field(self, collection: str, name: str) -> np.ndarray:
+        """(events, k) float64 array of ``name`` for the first k objects of ``collection``."""
+        key = (collection, name)
+        if key not in self._arrays:
+            k = self.SLOTS[collection]
+            padded = ak.pad_none(self.collection(collection)[name], k, axis=1, clip=True)
+            # a masked numpy array filled with NaN: cheaper than ak.fill_none on the option type
+            self._arrays[key] = np.ma.filled(ak.to_numpy(padded).astype(np.float64), np.nan)
+        return self._arrays[key]
+
+    def pair_mass(self, collection: str) -> np.ndarray:
+        """Invariant mass of the first two objects (NaN where there are fewer)."""
+        pt, eta, phi, m = (self.field(collection, f) for f in ("pt", "eta", "phi", "mass"))
+        pz = pt * np.sinh(eta)
+        energy = np.sqrt(pt**2 + pz**2 + m**2).sum(axis=1)
+        px, py = (pt * np.cos(phi)).sum(axis=1), (pt * np.sin(phi)).sum(axis=1)
+        m2 = energy**2 - px**2 - py**2 - pz.sum(axis=1) ** 2
+        return np.sqrt(np.maximum(m2, 0.0))
 
     def value(self, name: str) -> np.ndarray:
         """The observable ``name`` per event as float64 numpy (NaN where undefined), computed once."""
         if name not in self._values:
-            values = ak.fill_none(OBSERVABLES[name](self), np.nan)
-            self._values[name] = np.asarray(ak.to_numpy(values), dtype=np.float64)
+            self._values[name] = np.asarray(OBSERVABLES[name](self), dtype=np.float64)
         return self._values[name]
 
-OBSERVABLES: dict[str, Callable[[_Event], ak.Array]] = {
-    "lep1_pt": lambda e: e.lep[:, 0].pt,
-    "lep1_eta": lambda e: e.lep[:, 0].eta,
-    "lep2_pt": lambda e: e.lep[:, 1].pt,
-    "jet1_pt": lambda e: e.jet[:, 0].pt,
-    "jet1_eta": lambda e: e.jet[:, 0].eta,
-    "jet2_pt": lambda e: e.jet[:, 1].pt,
-    "fatjet1_pt": lambda e: e.fatjet[:, 0].pt,
-    "m_ll": lambda e: pair_mass(e.lep[:, 0], e.lep[:, 1]),
-    "m_bb": lambda e: pair_mass(e.bjet_pair[:, 0], e.bjet_pair[:, 1]),
-    "met_pt": lambda e: e.objects.met.pt,
-    "n_jets": lambda e: ak.num(e.objects.jets, axis=1),
-    "n_bjets": lambda e: ak.num(e.objects.bjets, axis=1),
-    "n_fatjets": lambda e: ak.num(e.objects.fatjets, axis=1),
-    "hme_mass": lambda e: e.inferred["hme"].mass,
-    "hme_mass_error": lambda e: e.inferred["hme"].mass_error,
+
+OBSERVABLES: dict[str, Callable[[_Event], np.ndarray]] = {
+    "lep1_pt": lambda e: e.field("lep", "pt")[:, 0],
+    "lep1_eta": lambda e: e.field("lep", "eta")[:, 0],
+    "lep2_pt": lambda e: e.field("lep", "pt")[:, 1],
+    "jet1_pt": lambda e: e.field("jet", "pt")[:, 0],
+    "jet1_eta": lambda e: e.field("jet", "eta")[:, 0],
+    "jet2_pt": lambda e: e.field("jet", "pt")[:, 1],
+    "fatjet1_pt": lambda e: e.field("fatjet", "pt")[:, 0],
+    "m_ll": lambda e: e.pair_mass("lep"),
+    "m_bb": lambda e: e.pair_mass("bjet"),  # the two highest b-score central jets
+    "met_pt": lambda e: _numpy(e.objects.met.pt),
+    "n_jets": lambda e: _numpy(ak.num(e.objects.jets, axis=1)),
+    "n_bjets": lambda e: _numpy(ak.num(e.objects.bjets, axis=1)),
+    "n_fatjets": lambda e: _numpy(ak.num(e.objects.fatjets, axis=1)),
+    "hme_mass": lambda e: _numpy(e.inferred["hme"].mass),
+    "hme_mass_error": lambda e: _numpy(e.inferred["hme"].mass_error),
 }
-def pair_mass(a: ak.Array, b: ak.Array) -> np.ndarray:
-    """Invariant mass of two (optional) pt/eta/phi/mass records per event; NaN where one is missing.
-
-    Plain numpy on the four components: vector's record addition costs far more per call.
-    """
-    def p4(x):
-        pt, eta, phi, m = (np.asarray(ak.to_numpy(ak.fill_none(x[f], np.nan)), dtype=np.float64)
-                           for f in ("pt", "eta", "phi", "mass"))
-        pz = pt * np.sinh(eta)
-        return np.sqrt(pt**2 + pz**2 + m**2), pt * np.cos(phi), pt * np.sin(phi), pz
-
-    (ea, xa, ya, za), (eb, xb, yb, zb) = p4(a), p4(b)
-    m2 = (ea + eb) ** 2 - (xa + xb) ** 2 - (ya + yb) ** 2 - (za + zb) ** 2
-    return np.sqrt(np.maximum(m2, 0.0))
-
 
 # observables that exist only when a model runs: observable -> model option
 MODEL_OBSERVABLES = {"hme_mass": "deephme", "hme_mass_error": "deephme"}
@@ -259,6 +276,7 @@ class HHbbWWProcessor(processor.ProcessorABC):
             "cutflow": {},
             "cutflow_weighted": {},
             "processed": {},
+            "btag_efficiency": {},  # dataset -> pt x |eta| x flavour x tagged counts (simulation)
         }
 
     def process(self, events: ak.Array) -> dict[str, Any]:
@@ -274,9 +292,12 @@ class HHbbWWProcessor(processor.ProcessorABC):
         weights = self.weights(variants[NOMINAL], sample, nominal)
         out["sumw"][dataset] = float(np.sum(weights.partial_weight(include=["genWeight"]))) if sample.is_mc else float(n)
 
+        if sample.is_mc:
+            self.fill_btag_efficiency(out, dataset, nominal, weights)
+
         for systematic, corrected in variants.items():
             # a shape variation redoes selection, models and filling; weight variations only re-weight
-            objects = nominal if systematic == NOMINAL else self.select(corrected, nominal.leptons)
+            objects = nominal if systematic == NOMINAL else self.select(corrected, nominal)
             regions = sel.region_masks(objects, self.selection.regions)
             for channel in self.channels:
                 selection, cuts = sel.channel_selection(objects, channel, self.selection.channels[channel])
@@ -315,9 +336,12 @@ class HHbbWWProcessor(processor.ProcessorABC):
         return out
 
     # ------------------------------------------------------------------ steps
-    def select(self, events: ak.Array, leptons: ak.Array | None = None) -> sel.Objects:
-        """Object selection (crema.selections); ``leptons`` reuses an earlier lepton selection."""
-        return sel.select_objects(events, self.selection, self.btag_threshold, self.options.met, leptons)
+    def select(self, events: ak.Array, nominal: sel.Objects | None = None) -> sel.Objects:
+        """Object selection (crema.selections). For a jet variation, ``nominal`` lends the objects
+        the variation leaves alone (leptons, fat jets: no AK8 corrections are applied)."""
+        return sel.select_objects(events, self.selection, self.btag_threshold, self.options.met,
+                                  None if nominal is None else nominal.leptons,
+                                  None if nominal is None else nominal.fatjets)
 
     def correct(self, events: ak.Array, sample: SampleInfo) -> dict[str, ak.Array]:
         """Events with corrected jets and MET, per jet variation (``nominal`` first; crema.corrections).
@@ -350,6 +374,18 @@ class HHbbWWProcessor(processor.ProcessorABC):
             if self.event_weights is not None:
                 self.event_weights.add(weights, events, objects.leptons, objects.jets)
         return weights
+
+    def fill_btag_efficiency(self, out, dataset, objects: sel.Objects, weights: Weights) -> None:
+        """Jets of events passing any channel, for b-tag efficiency maps (``crema btag-eff``)."""
+        from crema.corrections.btag import efficiency_histogram, fill_efficiency
+
+        passed = np.zeros(len(weights.weight()), dtype=bool)
+        for channel in self.channels:
+            selection, cuts = sel.channel_selection(objects, channel, self.selection.channels[channel])
+            passed |= selection.all(*cuts)
+        sign = np.sign(weights.partial_weight(include=["genWeight"]))[passed]
+        out["btag_efficiency"][dataset] = fill_efficiency(
+            efficiency_histogram(), objects.jets[passed], self.selection.btag.score, self.btag_threshold, sign)
 
     @staticmethod
     def fill_cutflow(out, dataset, channel, selection, cuts, weights) -> None:

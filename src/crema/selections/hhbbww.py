@@ -46,10 +46,11 @@ def required_branches(cfg: SelectionConfig, met: str) -> dict[str, str]:
 
 
 def select_objects(events: ak.Array, cfg: SelectionConfig, btag_threshold: float, met: str = "PuppiMET",
-                   selected_leptons: ak.Array | None = None) -> Objects:
+                   selected_leptons: ak.Array | None = None, selected_fatjets: ak.Array | None = None) -> Objects:
     """Apply the object selections of ``cfg`` to a chunk of NanoEvents.
 
-    ``selected_leptons`` reuses leptons selected before (jet variations do not change them).
+    ``selected_leptons``/``selected_fatjets`` reuse an earlier selection of objects that did not
+    change (AK4 jet variations leave leptons and AK8 jets alone).
     """
     leps = leptons(events.Electron, events.Muon, cfg.electron, cfg.muon) if selected_leptons is None else selected_leptons
     central, forward = jet_masks(events.Jet, leps, cfg.jet)
@@ -59,7 +60,8 @@ def select_objects(events: ak.Array, cfg: SelectionConfig, btag_threshold: float
         jets=jets,
         bjets=jets[btagged(jets, cfg.btag.score, btag_threshold)],
         forward_jets=events.Jet[forward],
-        fatjets=events.FatJet[fatjet_mask(events.FatJet, leps, cfg.fatjet)],
+        fatjets=(events.FatJet[fatjet_mask(events.FatJet, leps, cfg.fatjet)]
+                 if selected_fatjets is None else selected_fatjets),
         met=events[met],
     )
 

@@ -95,6 +95,30 @@ def cmd_generate(args: argparse.Namespace) -> None:
     console.print(f"wrote {args.events} {args.process} events to {path}")
 
 
+def cmd_btag_eff(args: argparse.Namespace) -> None:
+    from crema.corrections.btag import write_efficiency_map
+    from crema.workflows.run import run
+
+    config = load_config(args.config).with_executor(**_executor_overrides(args))
+    options = dict(config.processor.options)
+    if options.get("corrections"):  # only the nominal jets matter for efficiencies
+        options["corrections"] = {**options["corrections"], "systematics": False}
+    options["deephme"] = None
+    config = replace(config, processor=replace(config.processor, options=options))
+    wanted = args.datasets or [d.name for d in config.datasets if d.kind != "data"]
+    unknown = sorted(set(wanted) - {d.name for d in config.datasets})
+    if unknown:
+        raise ConfigError(f"--datasets: no dataset {unknown[0]!r} in {args.config}")
+    config = replace(config, datasets=[d for d in config.datasets if d.name in wanted])
+    output, _ = run(config)
+    maps = [output["btag_efficiency"][d] for d in wanted if d in output["btag_efficiency"]]
+    if not maps:
+        raise ConfigError("no simulated events passed the selection: no efficiency map to write")
+    path = write_efficiency_map(sum(maps[1:], maps[0]), args.output,
+                                description=f"b-tag efficiencies from {', '.join(wanted)}")
+    console.print(f"wrote b-tag efficiency map of {len(maps)} dataset(s) to {path}")
+
+
 def cmd_plot(args: argparse.Namespace) -> None:
     from coffea.util import load
 
@@ -104,7 +128,17 @@ def cmd_plot(args: argparse.Namespace) -> None:
     config = load_config(outdir / "config.yaml")
     output = load(outdir / "output.coffea")
     regions = None if args.all else config.plots.regions
-    paths = plot_all(output, config.samples, Path(args.output or outdir / "plots"), regions, config.plots.observables)
+    observables = args.observable or config.plots.observables
+    target = Path(args.output or outdir / "plots")
+    if args.systematic:
+        from crema.workflows.plots import plot_variation
+
+        try:
+            paths = plot_variation(output, config.samples, args.systematic, target, args.process, regions, observables)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    else:
+        paths = plot_all(output, config.samples, target, regions, observables)
     console.print(f"wrote {len(paths)} plots")
 
 
@@ -134,10 +168,20 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--mass", type=float, default=800.0, help="resonance mass for hh_* (GeV)")
     g.set_defaults(func=cmd_generate)
 
+    b = sub.add_parser("btag-eff", help="b-tag efficiency maps (pt x |eta| x flavour) from simulation, as correctionlib JSON")
+    b.add_argument("config", help="run configuration (YAML)")
+    b.add_argument("-o", "--output", required=True, help="output file (.json or .json.gz)")
+    b.add_argument("--datasets", nargs="+", help="datasets to use (default: every simulated one)")
+    _add_executor_options(b)
+    b.set_defaults(func=cmd_btag_eff)
+
     pl = sub.add_parser("plot", help="redraw the plots of a finished run")
     pl.add_argument("output_dir", help="a run's output directory (holding config.yaml and output.coffea)")
     pl.add_argument("-o", "--output", help="where to write the PNGs (default: OUTPUT_DIR/plots)")
     pl.add_argument("--all", action="store_true", help="every region, not only the config's plots.regions")
+    pl.add_argument("--systematic", help="draw this variation's Up/Down against nominal (e.g. JES_Absolute, pileup)")
+    pl.add_argument("--process", help="with --systematic: one process (default: all backgrounds summed)")
+    pl.add_argument("--observable", nargs="+", help="only these observables")
     pl.set_defaults(func=cmd_plot)
     return p
 
