@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from crema.generate.reco_event import MET_FILTERS
+
 F4, I4, I2, U1, U2, U4, U8, B = (
     np.float32,
     np.int32,
@@ -154,17 +156,7 @@ SCALARS: dict[str, type] = {
     "Pileup_sumLOOT": I4,
     **{
         f"Flag_{f}": B
-        for f in (
-            "goodVertices",
-            "globalSuperTightHalo2016Filter",
-            "EcalDeadCellTriggerPrimitiveFilter",
-            "BadPFMuonFilter",
-            "BadPFMuonDzFilter",
-            "hfNoisyHitsFilter",
-            "eeBadScFilter",
-            "ecalBadCalibFilter",
-            "METFilters",
-        )
+        for f in (*MET_FILTERS, "METFilters")
     },
     **{
         f"HLT_{t}": B

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,24 @@ from crema.processors.common import SampleInfo  # noqa: E402
 from crema.workflows.outputs import NOMINAL, process_histograms  # noqa: E402
 
 
+def _process_kinds(samples: dict[str, SampleInfo]) -> dict[str, str]:
+    """Process label (``data_obs`` for data) -> signal/background/data."""
+    return {("data_obs" if s.kind == "data" else s.process): s.kind for s in samples.values()}
+
+
+def _panels(output: dict[str, Any], samples: dict[str, SampleInfo], regions: list[str] | None,
+            observables: list[str] | None) -> Iterator[tuple[str, str, str, dict]]:
+    """(observable, channel, region, per-process histograms) for every panel to draw."""
+    for observable, h in output["histograms"].items():
+        if observables is not None and observable not in observables:
+            continue
+        by_key = process_histograms(h, samples)
+        for channel in h.axes["channel"]:
+            for region in h.axes["region"]:
+                if regions is None or region in regions:
+                    yield observable, channel, region, by_key
+
+
 def plot_all(output: dict[str, Any], samples: dict[str, SampleInfo], outdir: str | Path,
              regions: list[str] | None = None, observables: list[str] | None = None) -> list[Path]:
     """One PNG per (channel, region, observable) with nominal histograms; returns the paths.
@@ -24,24 +43,16 @@ def plot_all(output: dict[str, Any], samples: dict[str, SampleInfo], outdir: str
     """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    kinds = {("data_obs" if s.kind == "data" else s.process): s.kind for s in samples.values()}
+    kinds = _process_kinds(samples)
     plt.style.use(hep.style.CMS)
     written = []
-    for observable, h in output["histograms"].items():
-        if observables is not None and observable not in observables:
+    for observable, channel, region, by_key in _panels(output, samples, regions, observables):
+        procs = {p: one for (ch, reg, syst, p), one in by_key.items() if (ch, reg, syst) == (channel, region, NOMINAL)}
+        if not any(one.sum().value for one in procs.values()):
             continue
-        by_key = process_histograms(h, samples)
-        panels = sorted({(ch, reg) for ch, reg, syst, _ in by_key if syst == NOMINAL})
-        for channel, region in panels:
-            if regions is not None and region not in regions:
-                continue
-            procs = {p: one for (ch, reg, syst, p), one in by_key.items()
-                     if (ch, reg, syst) == (channel, region, NOMINAL)}
-            if not any(one.sum().value for one in procs.values()):
-                continue
-            path = outdir / f"{channel}_{region}_{observable}.png"
-            _draw(procs, kinds, f"{channel.upper()}, {region}", output.get("luminosity_fb"), path)
-            written.append(path)
+        path = outdir / f"{channel}_{region}_{observable}.png"
+        _draw(procs, kinds, f"{channel.upper()}, {region}", output.get("luminosity_fb"), path)
+        written.append(path)
     return written
 
 
@@ -88,28 +99,21 @@ def plot_variation(output: dict[str, Any], samples: dict[str, SampleInfo], syste
     if not {names["up"], names["down"]} <= known:
         stems = sorted({k[:-2] for k in known if k.endswith("Up")})
         raise ValueError(f"no variation {systematic!r} in this output (it has: {', '.join(stems) or 'none'})")
-    kinds = {("data_obs" if s.kind == "data" else s.process): s.kind for s in samples.values()}
+    kinds = _process_kinds(samples)
     chosen = [process] if process else [p for p, k in kinds.items() if k == "background"]
     if process and process not in kinds:
         raise ValueError(f"no process {process!r} (known: {', '.join(sorted(kinds))})")
     plt.style.use(hep.style.CMS)
     written = []
-    for observable, h in output["histograms"].items():
-        if observables is not None and observable not in observables:
+    for observable, channel, region, by_key in _panels(output, samples, regions, observables):
+        parts = {k: [by_key[(channel, region, v, p)] for p in chosen if (channel, region, v, p) in by_key]
+                 for k, v in names.items()}
+        if not parts["nominal"] or not sum(x.sum().value for x in parts["nominal"]):
             continue
-        by_key = process_histograms(h, samples)
-        for channel in h.axes["channel"]:
-            for region in h.axes["region"]:
-                if regions is not None and region not in regions:
-                    continue
-                parts = {k: [by_key[(channel, region, v, p)] for p in chosen if (channel, region, v, p) in by_key]
-                         for k, v in names.items()}
-                if not parts["nominal"] or not sum(x.sum().value for x in parts["nominal"]):
-                    continue
-                hs = {k: sum(v[1:], v[0]) for k, v in parts.items()}
-                path = outdir / f"{systematic}_{channel}_{region}_{observable}.png"
-                _draw_variation(hs, f"{channel.upper()}, {region}: {process or 'backgrounds'}", systematic, path)
-                written.append(path)
+        hs = {k: sum(v[1:], v[0]) for k, v in parts.items()}
+        path = outdir / f"{systematic}_{channel}_{region}_{observable}.png"
+        _draw_variation(hs, f"{channel.upper()}, {region}: {process or 'backgrounds'}", systematic, path)
+        written.append(path)
     return written
 
 
