@@ -37,6 +37,7 @@ __all__ = [
     "cvnotb_from_v12",
     "propagate_mass_error",
     "DEFAULT_MODELS",
+    "TARGET_OUTPUTS",
     "JET_FIELDS",
     "FATJET_FIELDS",
 ]
@@ -69,6 +70,8 @@ FATJET_FIELDS = (
 )
 _P4 = ("px", "py", "pz", "E")
 _TARGETS = tuple(f"genH{h}_{c}" for h in ("VV", "bb") for c in _P4)
+#: Network outputs read by the wrapper ([n, 3] each: the 0.16/0.5/0.84 quantiles, standardised units).
+TARGET_OUTPUTS = _TARGETS
 _OBJECT_PREFIX = {"centralJet": "jet", "SelectedFatJet": "fatjet"}
 
 Standardisation = Literal["fold", "reference"]
@@ -390,15 +393,6 @@ class DeepHME(OnnxModel):
         groups = [np.flatnonzero(parity == fold.parity) for fold in self._folds]
         return np.concatenate(groups), np.cumsum([0] + [len(g) for g in groups])
 
-    @staticmethod
-    def _unsort(outputs: dict[str, np.ndarray], order: np.ndarray) -> dict[str, np.ndarray]:
-        """Undo the fold grouping: row ``k`` of the outputs belongs to event ``order[k]``."""
-        result = {}
-        for name, values in outputs.items():
-            result[name] = np.empty_like(values)
-            result[name][order] = values
-        return result
-
     def _input_matrix(self, objects: Mapping[str, Mapping[str, np.ndarray]], start: int, stop: int) -> np.ndarray:
         """Unstandardised float32 model inputs ``[stop - start, n_inputs]`` for rows ``start:stop``."""
         x = np.empty((stop - start, len(self.input_names)), dtype=np.float32)
@@ -424,10 +418,13 @@ class DeepHME(OnnxModel):
         """
         order, bounds = self._fold_order(event_id)
         grouped = {obj: {k: np.asarray(v)[order] for k, v in fields.items()} for obj, fields in objects.items()}
-        return self._unsort(self._evaluate_grouped(grouped, bounds), order)
+        return self._evaluate_grouped(grouped, bounds, order)
 
-    def _evaluate_grouped(self, objects: Mapping[str, Mapping[str, np.ndarray]], bounds: np.ndarray) -> dict[str, np.ndarray]:
-        """Evaluate events already grouped by fold (rows ``bounds[i]:bounds[i+1]`` belong to ``self._folds[i]``)."""
+    def _evaluate_grouped(
+        self, objects: Mapping[str, Mapping[str, np.ndarray]], bounds: np.ndarray, order: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Evaluate inputs grouped by fold: input rows ``bounds[i]:bounds[i+1]`` belong to
+        ``self._folds[i]``, input row ``k`` to event ``order[k]``; outputs are in event order."""
         missing = [f"{obj}.{feat}" for obj, feat in self._plan if obj != "met" and feat not in _P4 and feat not in objects.get(obj, {})]
         if missing:
             raise KeyError(f"DeepHME inputs missing: {missing}")
@@ -442,7 +439,8 @@ class DeepHME(OnnxModel):
             for start in range(first, last, step):
                 stop = min(start + step, last)
                 x = self._input_matrix(objects, start, stop)
-                ok = np.isfinite(x).all(axis=1)
+                with np.errstate(invalid="ignore", over="ignore"):
+                    ok = np.isfinite(x.sum(axis=1))  # NaN/inf anywhere in the row (cheaper than isfinite(x).all)
                 x -= fold.in_mean
                 x /= fold.in_scale
                 if not ok.all():
@@ -451,7 +449,7 @@ class DeepHME(OnnxModel):
                 y = np.stack([outs[t] for t in _TARGETS], axis=1).astype(np.float64)
                 y = y * fold.tgt_scale[:, None] + fold.tgt_mean[:, None]
                 y[~ok] = np.nan
-                quantiles[start:stop] = y
+                quantiles[order[start:stop]] = y
 
         central = quantiles[:, :, 1]
         width = quantiles[:, :, 2] - quantiles[:, :, 0]
@@ -465,9 +463,11 @@ class DeepHME(OnnxModel):
         mass_error = np.full(n, np.nan)
         err_e = {"hvv": np.full(n, np.nan), "hbb": np.full(n, np.nan)}
         for fold, a, b in spans:
-            mass_error[a:b] = propagate_mass_error(p_vv[a:b], p_bb[a:b], w3[a:b], fold.corr)
-            err_e["hvv"][a:b] = _energy_error(p_vv[a:b], w3[a:b, 0:3], fold.corr[0:3, 0:3])
-            err_e["hbb"][a:b] = _energy_error(p_bb[a:b], w3[a:b, 3:6], fold.corr[3:6, 3:6])
+            rows = order[a:b]
+            vv, bb, w = p_vv[rows], p_bb[rows], w3[rows]
+            mass_error[rows] = propagate_mass_error(vv, bb, w, fold.corr)
+            err_e["hvv"][rows] = _energy_error(vv, w[:, 0:3], fold.corr[0:3, 0:3])
+            err_e["hbb"][rows] = _energy_error(bb, w[:, 3:6], fold.corr[3:6, 3:6])
 
         out = {"mass": mass, "mass_error": mass_error}
         for h, offset in (("hvv", 0), ("hbb", 4)):
@@ -530,7 +530,7 @@ class DeepHME(OnnxModel):
             tau = jet.pop("btagPNetTauVJet", None)
             jet["btagPNetCvNotB"] = np.where(jet["pt"] == 0, np.float32(0), cvnotb_from_v12(jet["btagPNetB"], jet["btagPNetCvL"], tau))
         objects["met"] = {"pt": np.asarray(kw["met_pt"])[order], "phi": np.asarray(kw["met_phi"])[order]}
-        return self._unsort(self._evaluate_grouped(objects, bounds), order)
+        return self._evaluate_grouped(objects, bounds, order)
 
     def postprocess_awkward(self, return_array, *args, **kwargs):
         """Flat outputs -> one record per event with nested p4 records."""
