@@ -398,6 +398,23 @@ def test_batching_identical(chunks):
     assert_same(call(DeepHME("SL", batch_size=48), objs), call(DeepHME("SL", batch_size=None), objs))
 
 
+def test_nanoevents_collections_virtual_and_eager(hme):
+    """NanoEvents collections can be passed as they are, in virtual (lazy) and eager mode."""
+    from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
+
+    masses = {}
+    for mode in ("virtual", "eager"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ev = NanoEventsFactory.from_root({str(DATA): "Events"}, schemaclass=NanoAODSchema, mode=mode).events()
+        muons = ev.Muon[(ev.Muon.pt > 5) & ev.Muon.looseId]
+        jets = ev.Jet[(ev.Jet.pt > 20) & (abs(ev.Jet.eta) < 2.5) & (ev.Jet.jetId >= 2)]
+        out = hme["SL"](ev.event, muons, jets, ev.FatJet[ev.FatJet.pt > 200], ev.PuppiMET)
+        masses[mode] = ak.to_numpy(out.mass)
+    assert len(masses["virtual"]) == 200 and np.isfinite(masses["virtual"]).sum() > 50
+    np.testing.assert_array_equal(masses["virtual"], masses["eager"])
+
+
 def test_dask_awkward_matches_eager(chunks, hme):
     dak = pytest.importorskip("dask_awkward")
     import dask

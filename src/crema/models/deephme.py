@@ -15,7 +15,6 @@ conventions, the differences to 1.2.0 and the validation numbers.
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import warnings
 from collections.abc import Mapping, Sequence
