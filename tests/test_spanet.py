@@ -131,3 +131,163 @@ def test_decoder_padding_and_four_products():
             assert np.isclose(dec.probabilities["x"][i], sub.max())
         else:
             assert xa.tolist() == [-1] * 4  # not enough unpadded jets left
+
+
+# -- ONNX wrapper -----------------------------------------------------------------
+torch = pytest.importorskip("torch")
+
+
+class _Tiny(torch.nn.Module):
+    """A minimal network honouring the export contract (symmetric tuple scores, masked padding)."""
+
+    def __init__(self, event, n_jets: int, hidden: int = 8):
+        super().__init__()
+        self.event, self.n = event, n_jets
+        seq, glob = event.sequential[0], event.globals[0]
+        self.seq_name, self.glob_name = seq.name, glob.name
+        self.register_buffer("mean", torch.linspace(-0.5, 0.5, len(seq.features)))
+        self.register_buffer("std", torch.linspace(1.0, 2.0, len(seq.features)))
+        self.embed = torch.nn.Linear(len(seq.features), hidden)
+        self.gembed = torch.nn.Linear(len(glob.features), hidden)
+        self.lin = torch.nn.ModuleDict({p.name: torch.nn.Linear(hidden, len(p.products)) for p in event.particles})
+        self.pair = torch.nn.ParameterDict({p.name: torch.nn.Parameter(torch.randn(hidden, hidden) * 0.3) for p in event.particles})
+        self.det = torch.nn.Linear(hidden, len(event.particles))
+        self.reg = torch.nn.Linear(hidden, len(event.regression_names))
+        self.cls = torch.nn.Linear(hidden, 2 * len(event.classification_names))
+
+    def forward(self, x, mask, g, gmask):
+        h = torch.tanh(self.embed((x - self.mean) / self.std) + self.gembed(g * gmask.float()[..., None]))  # (B, N, H)
+        m = mask.float()
+        pooled = (h * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1.0)
+        outs = []
+        for j, p in enumerate(self.event.particles):
+            k = len(p.products)
+            w = self.lin[p.name](h)  # (B, N, k)
+            cols = [w[..., a] for a in range(k)]
+            for grp in p.groups:  # products of one group share a score (symmetry)
+                shared = sum(cols[a] for a in grp) / len(grp)
+                for a in grp:
+                    cols[a] = shared
+            B = x.shape[0]
+            score, valid = None, None
+            for a in range(k):
+                shape = [B] + [1] * k
+                shape[a + 1] = self.n
+                term, vm = cols[a].reshape(shape), mask.reshape(shape)
+                score = term if score is None else score + term
+                valid = vm if valid is None else valid & vm
+                for b in range(a + 1, k):
+                    M = self.pair[p.name] + self.pair[p.name].T
+                    pair = torch.einsum("bih,hg,bjg->bij", h, M, h)  # symmetric pair score
+                    shp = [B] + [1] * k
+                    shp[a + 1] = shp[b + 1] = self.n
+                    score = score + pair.reshape(shp)
+                    valid = valid & ~torch.eye(self.n, dtype=torch.bool).reshape(shp[1:])
+            flat = torch.where(valid, score, torch.full_like(score, -1e9)).reshape(B, -1)
+            prob = torch.softmax(flat, dim=1).reshape(score.shape) * valid.float()
+            outs.append(prob)
+        det = torch.sigmoid(self.det(pooled))
+        reg = self.reg(pooled)
+        cls = torch.softmax(self.cls(pooled).reshape(x.shape[0], -1, 2), dim=-1)
+        return (*outs, *[det[:, j] for j in range(det.shape[1])], *[reg[:, j] for j in range(reg.shape[1])],
+                *[cls[:, j] for j in range(cls.shape[1])])
+
+
+def _export(event, path, n_jets=6):
+    torch.manual_seed(0)
+    net = _Tiny(event, n_jets).eval()
+    seq, glob = event.sequential[0], event.globals[0]
+    B = 3
+    args = (torch.randn(B, n_jets, len(seq.features)), torch.ones(B, n_jets, dtype=torch.bool),
+            torch.randn(B, 1, len(glob.features)), torch.ones(B, 1, dtype=torch.bool))
+    inputs = [f"{seq.name}_data", f"{seq.name}_mask", f"{glob.name}_data", f"{glob.name}_mask"]
+    outputs = ([f"{p.name}_assignment_probability" for p in event.particles]
+               + [f"{p.name}_detection_probability" for p in event.particles]
+               + list(event.regression_names) + list(event.classification_names))
+    torch.onnx.export(net, args, str(path), input_names=inputs, output_names=outputs, opset_version=17,
+                      dynamic_axes={n: {0: "batch"} for n in inputs + outputs}, dynamo=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tth_model(tmp_path_factory):
+    return _export(builtin_event_file("tth_sl"), tmp_path_factory.mktemp("spanet") / "tth.onnx")
+
+
+def _jets(rng, counts):
+    import awkward as ak
+
+    n = int(np.sum(counts))
+    flat = {
+        "pt": rng.uniform(20, 300, n), "eta": rng.uniform(-2.5, 2.5, n), "phi": rng.uniform(-np.pi, np.pi, n),
+        "mass": rng.uniform(2, 30, n), "btagPNetB": rng.uniform(0, 1, n), "btagPNetQvG": rng.uniform(0, 1, n),
+    }
+    flat["btagPNetQvG"][::7] = -1.0  # NanoAOD "no score"
+    return ak.unflatten(ak.zip(flat), counts), flat
+
+
+def test_wrapper_matches_direct_onnxruntime_and_decoder(tth_model):
+    import awkward as ak
+    import onnxruntime as ort
+
+    from crema.models.spanet import SPANet
+
+    event = builtin_event_file("tth_sl")
+    model = SPANet(tth_model, "tth_sl", batch_size=48)
+    assert model.max_jets == 6
+    rng = np.random.default_rng(1)
+    counts = np.array([0, 1, 3, 4, 6, 9, 5, 2, 7] * 7)  # includes empty events and more jets than slots
+    jets, flat = _jets(rng, counts)
+    met = ak.zip({"pt": rng.uniform(0, 200, len(counts)), "phi": rng.uniform(-np.pi, np.pi, len(counts))})
+    out = model(jets, met)
+    assert len(out) == len(counts)
+
+    # reference: pad by hand, run onnxruntime directly, decode, map slots -> original indices
+    N, n = 6, len(counts)
+    x = np.zeros((n, N, 9), np.float32)
+    mask = np.zeros((n, N), bool)
+    original = np.full((n, N), -1)
+    for i, ev in enumerate(ak.to_list(jets)):
+        order = np.argsort([-j["pt"] for j in ev], kind="stable")[:N]
+        for s, o in enumerate(order):
+            j = ev[o]
+            x[i, s] = [np.log1p(j["mass"]), np.log1p(j["pt"]), j["eta"], np.sin(j["phi"]), np.cos(j["phi"]),
+                       max(j["btagPNetQvG"], 0), j["btagPNetB"], 0, 0]
+            mask[i, s] = True
+            original[i, s] = o
+    mp, mphi = ak.to_numpy(met.pt), ak.to_numpy(met.phi)
+    g = np.stack([np.log1p(mp), np.sin(mphi), np.cos(mphi)], 1)[:, None, :].astype(np.float32)
+    sess = ort.InferenceSession(str(tth_model), providers=["CPUExecutionProvider"])
+    raw = dict(zip([o.name for o in sess.get_outputs()],
+                   sess.run(None, {"Momenta_data": x, "Momenta_mask": mask, "Met_data": g, "Met_mask": np.ones((n, 1), bool)})))
+    dec = decode({p.name: raw[f"{p.name}_assignment_probability"] for p in event.particles}, event, mask.sum(1),
+                 {p.name: raw[f"{p.name}_detection_probability"] for p in event.particles})
+    for p in event.particles:
+        slots = dec.assignments[p.name]
+        expect = np.where(slots >= 0, np.take_along_axis(original, np.maximum(slots, 0), 1), -1)
+        assert ak.to_list(out[p.name]) == expect.tolist()
+        np.testing.assert_allclose(ak.to_numpy(out[f"{p.name}_probability"]), dec.probabilities[p.name], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(ak.to_numpy(out[f"{p.name}_detection"]), dec.detection[p.name], rtol=1e-5)
+    np.testing.assert_allclose(ak.to_numpy(out["EVENT_neutrino_px"]), raw["EVENT/neutrino_px"], rtol=1e-5, atol=1e-6)
+    assert ak.to_numpy(out["EVENT_signal"]).shape == (n, 2)
+    # contract of the toy export: symmetric, zero on repeated jets and padding
+    h = raw["h_assignment_probability"]
+    np.testing.assert_allclose(h, np.swapaxes(h, 1, 2), atol=1e-6)  # float rounding only
+    assert (np.diagonal(h, axis1=1, axis2=2) == 0).all() and (h[~mask] == 0).all()
+    # events with fewer than 2 jets cannot have an H; with 0 jets nothing is assigned
+    assert (ak.to_numpy(out["h"])[counts < 2] == -1).all() and (ak.to_numpy(out["lt"])[counts == 0] == -1).all()
+    # every assigned index is distinct within an event
+    allj = np.concatenate([ak.to_numpy(out[p.name]) for p in event.particles], axis=1)
+    for row in allj:
+        row = row[row >= 0]
+        assert len(set(row.tolist())) == len(row)
+
+    empty = model(jets[:0], met[:0])
+    assert len(empty) == 0 and set(empty.fields) == set(out.fields)
+
+
+def test_wrapper_rejects_mismatched_export(tth_model, tmp_path):
+    from crema.models.spanet import SPANet
+
+    with pytest.raises(KeyError, match="lacks outputs.*w_assignment_probability"):
+        SPANet(tth_model, "hh_sl")  # same inputs, other particles

@@ -379,7 +379,7 @@ def _canonical_scores(prob: np.ndarray, groups: Sequence[Sequence[int]], n_valid
         nv = np.asarray(n_valid).reshape((B,) + (1,) * k)
         for a in range(k):
             ok = ok & (idx[a][None] < nv)
-    return np.where(ok, p, -np.inf).reshape(B, -1)
+    return np.where(ok, p, -np.inf).reshape(B, N**k)
 
 
 def decode(
@@ -422,7 +422,7 @@ def decode(
                 shape = [B] + [1] * kk
                 shape[a + 1] = N
                 blocked = blocked | used.reshape(shape)
-            s = np.where(blocked.reshape(B, -1), -np.inf, scores[p.name])
+            s = np.where(blocked.reshape(B, N**kk), -np.inf, scores[p.name])
             arg[:, j] = np.argmax(s, axis=1)
             best[:, j] = s[rows, arg[:, j]]
         best[done] = -np.inf
@@ -450,7 +450,8 @@ def decode(
 # ---------------------------------------------------------------------------
 # ONNX wrapper
 # ---------------------------------------------------------------------------
-def _read_input_shapes(path: str) -> dict[str, tuple]:
+def _read_io(path: str) -> tuple[dict[str, tuple], set[str]]:
+    """Input shapes (``None`` for dynamic dimensions) and output names of an ONNX file, without a session."""
     import onnx
 
     model = onnx.load(path, load_external_data=False)
@@ -458,7 +459,7 @@ def _read_input_shapes(path: str) -> dict[str, tuple]:
     for inp in model.graph.input:
         dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim)
         shapes[inp.name] = dims
-    return shapes
+    return shapes, {o.name for o in model.graph.output}
 
 
 class SPANet(OnnxModel):
@@ -500,14 +501,18 @@ class SPANet(OnnxModel):
         self.tags = dict(DEFAULT_TAGS if tags is None else tags)
         if len(self.event.sequential) != 1:
             raise ConfigError("SPANet wrapper: exactly one sequential input (the jets) is supported")
-        shapes = _read_input_shapes(self.model_paths[self.DEFAULT_MODEL])
+        shapes, outputs = _read_io(self.model_paths[self.DEFAULT_MODEL])
         for src in self.event.inputs:
-            for suffix in ("data", "mask"):
-                if f"{src.name}_{suffix}" not in shapes:
-                    raise KeyError(f"SPANet export lacks input {src.name}_{suffix} of the event file")
+            # (an exporter may drop a mask input the graph does not use; the data input must be there)
+            if f"{src.name}_data" not in shapes:
+                raise KeyError(f"SPANet export lacks input {src.name}_data of the event file")
             dims = shapes[f"{src.name}_data"]
             if dims[-1] is not None and dims[-1] != len(src.features):
                 raise ValueError(f"SPANet export: {src.name}_data has {dims[-1]} features, event file {len(src.features)}")
+        wanted = [f"{p.name}_{kind}_probability" for p in self.event.particles for kind in ("assignment", "detection")]
+        missing = [o for o in wanted + list(self.event.regression_names + self.event.classification_names) if o not in outputs]
+        if missing:
+            raise KeyError(f"SPANet export lacks outputs {missing} of the event file")
         self.max_jets = shapes[f"{self.event.sequential[0].name}_data"][1]
         if not self.max_jets:
             raise ValueError("SPANet export: the number of jet slots must be fixed in the ONNX input shape")
@@ -521,7 +526,7 @@ class SPANet(OnnxModel):
         data = jet_features(seq, jets, self.tags)
         feeds = {f"{seq.name}_data": np.where(mask[..., None], data, np.float32(0)), f"{seq.name}_mask": mask}
         for g in self.event.globals:
-            feeds[f"{g.name}_data"] = met_features(g, met).reshape(n, 1, -1)
+            feeds[f"{g.name}_data"] = met_features(g, met).reshape(n, 1, len(g.features))
             feeds[f"{g.name}_mask"] = np.ones((n, 1), dtype=bool)
         return feeds
 
