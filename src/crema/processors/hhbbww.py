@@ -292,9 +292,7 @@ class HHbbWWProcessor(processor.ProcessorABC):
         weights = self.weights(variants[NOMINAL], sample, nominal)
         out["sumw"][dataset] = float(np.sum(weights.partial_weight(include=["genWeight"]))) if sample.is_mc else float(n)
 
-        if sample.is_mc:
-            self.fill_btag_efficiency(out, dataset, nominal, weights)
-
+        passed_any = np.zeros(n, dtype=bool)  # events passing some channel (nominal)
         for systematic, corrected in variants.items():
             # a shape variation redoes selection, models and filling; weight variations only re-weight
             objects = nominal if systematic == NOMINAL else self.select(corrected, nominal)
@@ -304,6 +302,8 @@ class HHbbWWProcessor(processor.ProcessorABC):
                 if systematic == NOMINAL:
                     self.fill_cutflow(out, dataset, channel, selection, cuts, weights)
                 mask = selection.all(*cuts)
+                if systematic == NOMINAL:
+                    passed_any |= mask
                 chosen = objects[mask]
                 inferred = self.infer(channel, corrected[mask], chosen)
                 in_regions = {r: m[mask] for r, m in regions.items()}
@@ -314,6 +314,8 @@ class HHbbWWProcessor(processor.ProcessorABC):
                     for variation in self.weight_variations:
                         self.fill(out["histograms"], dataset, channel, variation, event,
                                   weights.weight(variation)[mask], in_regions)
+        if sample.is_mc:
+            self.fill_btag_efficiency(out, dataset, nominal, weights, passed_any)
         return out
 
     def postprocess(self, accumulator: dict[str, Any]) -> dict[str, Any]:
@@ -375,14 +377,10 @@ class HHbbWWProcessor(processor.ProcessorABC):
                 self.event_weights.add(weights, events, objects.leptons, objects.jets)
         return weights
 
-    def fill_btag_efficiency(self, out, dataset, objects: sel.Objects, weights: Weights) -> None:
+    def fill_btag_efficiency(self, out, dataset, objects: sel.Objects, weights: Weights, passed: np.ndarray) -> None:
         """Jets of events passing any channel, for b-tag efficiency maps (``crema btag-eff``)."""
         from crema.corrections.btag import efficiency_histogram, fill_efficiency
 
-        passed = np.zeros(len(weights.weight()), dtype=bool)
-        for channel in self.channels:
-            selection, cuts = sel.channel_selection(objects, channel, self.selection.channels[channel])
-            passed |= selection.all(*cuts)
         sign = np.sign(weights.partial_weight(include=["genWeight"]))[passed]
         out["btag_efficiency"][dataset] = fill_efficiency(
             efficiency_histogram(), objects.jets[passed], self.selection.btag.score, self.btag_threshold, sign)

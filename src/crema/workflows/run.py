@@ -17,7 +17,7 @@ from coffea.nanoevents import NanoAODSchema
 from crema.corrections.era import load_era
 from crema.processors.hhbbww import HHbbWWOptions, HHbbWWProcessor
 from crema.schema import from_dict
-from crema.workflows.config import Config, ExecutorConfig
+from crema.workflows.config import Config, ExecutorConfig, JobQueue
 
 PROCESSORS = {"hhbbww": (HHbbWWProcessor, HHbbWWOptions)}
 
@@ -138,17 +138,21 @@ def executor_for(cfg: ExecutorConfig) -> Iterator[processor.executor.ExecutorBas
 
 def _cluster(cfg: ExecutorConfig):
     if cfg.jobqueue is not None:
-        import dask_jobqueue
-
-        jq = cfg.jobqueue
-        cls = {"htcondor": dask_jobqueue.HTCondorCluster, "slurm": dask_jobqueue.SLURMCluster}[jq.kind]
-        cluster = cls(cores=jq.cores, memory=jq.memory, **jq.options)
-        cluster.scale(jobs=jq.jobs)
+        cluster = jobqueue_cluster(cfg.jobqueue)
+        cluster.scale(jobs=cfg.jobqueue.jobs)
         return cluster
     from distributed import LocalCluster
 
     return LocalCluster(n_workers=cfg.workers, threads_per_worker=cfg.threads_per_worker,
                         processes=True, dashboard_address=None)
+
+
+def jobqueue_cluster(jq: JobQueue):
+    """A dask-jobqueue HTCondor or SLURM cluster (not yet scaled) from the config's settings."""
+    import dask_jobqueue
+
+    cls = {"htcondor": dask_jobqueue.HTCondorCluster, "slurm": dask_jobqueue.SLURMCluster}[jq.kind]
+    return cls(cores=jq.cores, memory=jq.memory, **jq.options)
 
 
 def run(config: Config) -> tuple[dict[str, Any], RunReport]:
