@@ -291,3 +291,95 @@ def test_wrapper_rejects_mismatched_export(tth_model, tmp_path):
 
     with pytest.raises(KeyError, match="lacks outputs.*w_assignment_probability"):
         SPANet(tth_model, "hh_sl")  # same inputs, other particles
+
+
+# -- training-file writer -----------------------------------------------------------
+@pytest.fixture(scope="module")
+def spanet_samples(tmp_path_factory):
+    from crema.generate import write_nanoaod
+
+    d = tmp_path_factory.mktemp("spanet_nano")
+    write_nanoaod(d / "tth.root", "tth_sl", 300, seed=11)
+    write_nanoaod(d / "tt.root", "tt_sl", 200, seed=12)
+    return {"tth": {"files": {str(d / "tth.root"): "Events"}}, "tt": {"files": {str(d / "tt.root"): "Events"}}}
+
+
+def _run_dataset(fileset, executor):
+    from coffea import processor
+    from coffea.nanoevents import NanoAODSchema
+
+    from crema.processors.spanet_dataset import SpanetDataset
+
+    runner = processor.Runner(executor=executor, schema=NanoAODSchema, chunksize=120)
+    return runner(fileset, SpanetDataset("tth_sl", {"tth": 1, "tt": 0}, max_jets=12), treename="Events")
+
+
+@pytest.fixture(scope="module")
+def spanet_output(spanet_samples):
+    from coffea import processor
+
+    return _run_dataset(spanet_samples, processor.IterativeExecutor())
+
+
+def test_training_file_layout(spanet_output, tmp_path):
+    import h5py
+
+    from crema.processors.spanet_dataset import write_h5
+
+    path = tmp_path / "train.h5"
+    write_h5(spanet_output, path)
+    n = len(spanet_output["event"])
+    assert n > 200
+    momenta = ["MASK", "cos_phi", "sin_phi", "eta", "mass", "pt", "btag", "qtag", "etag", "utag"]
+    expected = {f"INPUTS/Momenta/{f}": (np.bool_ if f == "MASK" else np.float32, (n, 12)) for f in momenta}
+    expected.update({f"INPUTS/Met/{f}": (np.float32, (n,)) for f in ("met", "sumet", "cos_phi", "sin_phi")})
+    expected.update({f"TARGETS/{p}": (np.int64, (n,)) for p in ("lt/b", "lt/l", "ht/b", "ht/q1", "ht/q2", "h/b1", "h/b2")})
+    expected.update({f"REGRESSIONS/EVENT/{r}": (np.float32, (n,)) for r in
+                     ("neutrino_eta", "neutrino_px", "neutrino_py", "neutrino_pz", "log_invariant_mass")})
+    expected["CLASSIFICATIONS/EVENT/signal"] = (np.int64, (n,))
+    with h5py.File(path) as f:
+        found = {}
+        f.visititems(lambda name, obj: found.update({name: obj}) if isinstance(obj, h5py.Dataset) else None)
+        assert set(found) == set(expected)
+        for key, (dtype, shape) in expected.items():
+            assert found[key].dtype == dtype, key
+            assert found[key].shape == shape, key
+        mask = f["INPUTS/Momenta/MASK"][:]
+        pt = f["INPUTS/Momenta/pt"][:]
+        assert (pt[mask] > 0).all() and (pt[~mask] == 0).all()
+        assert (np.diff(np.where(mask, pt, -1), axis=1) <= 0).all()  # pt order
+        signal = f["CLASSIFICATIONS/EVENT/signal"][:]
+        tth = signal == 1
+        assert 0 < tth.sum() < n and set(signal.tolist()) == {0, 1}
+        t = {k: f[f"TARGETS/{k}"][:] for k in ("lt/b", "ht/b", "ht/q1", "ht/q2", "h/b1", "h/b2")}
+        # targets point to real, distinct jets
+        for k, v in t.items():
+            assert ((v == -1) | ((v >= 0) & (v < 12))).all()
+            assert mask[np.flatnonzero(v >= 0), v[v >= 0]].all(), k
+        stack = np.stack(list(t.values()), 1)
+        for row in stack:
+            row = row[row >= 0]
+            assert len(set(row.tolist())) == len(row)
+        assert (t["ht/q1"] < t["ht/q2"])[(t["ht/q1"] >= 0)].all()  # canonical order in the group
+        assert ((t["h/b1"] >= 0) & (t["h/b2"] >= 0))[tth].mean() > 0.3
+        assert (t["h/b1"][~tth] == -1).all()  # no Higgs in tt
+        assert (t["lt/b"] >= 0).mean() > 0.5 and (t["ht/b"] >= 0).mean() > 0.5
+        nu = f["REGRESSIONS/EVENT/neutrino_px"][:]
+        assert np.isfinite(nu).mean() > 0.95
+        m = np.exp(f["REGRESSIONS/EVENT/log_invariant_mass"][:])
+        assert (m[tth] > 2 * 172 + 125 - 50).all() and (m[~tth] > 2 * 172 - 50).all()
+
+
+def test_training_file_executors_identical(spanet_samples, spanet_output):
+    from coffea import processor
+
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # separate processes (pickling of the processor and its chunk outputs); fork keeps start-up short
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool:
+        other = _run_dataset(spanet_samples, processor.FuturesExecutor(pool=pool, workers=2))
+    assert set(other["arrays"]) == set(spanet_output["arrays"])
+    np.testing.assert_array_equal(other["event"], spanet_output["event"])
+    for k, v in spanet_output["arrays"].items():
+        np.testing.assert_array_equal(other["arrays"][k], v, err_msg=k)
