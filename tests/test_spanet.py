@@ -383,3 +383,20 @@ def test_training_file_executors_identical(spanet_samples, spanet_output):
     np.testing.assert_array_equal(other["event"], spanet_output["event"])
     for k, v in spanet_output["arrays"].items():
         np.testing.assert_array_equal(other["arrays"][k], v, err_msg=k)
+
+
+def test_match_partons_rejects_ambiguous():
+    from crema.processors.spanet_dataset import match_partons
+
+    jet_eta = np.array([[0.0, 0.3, 2.0, 0.0]])
+    jet_phi = np.array([[0.0, 0.0, 1.0, 3.0]])
+    jet_ok = np.array([[True, True, True, False]])  # slot 3 has no GenJet
+    # parton 0 is within 0.4 of jets 0 and 1 (ambiguous); partons 1 and 2 share jet 2; parton 3 only near the GenJet-less slot
+    p_eta = np.array([[0.15, 2.0, 2.1, 0.0, -1.0]])
+    p_phi = np.array([[0.0, 1.0, 1.05, 3.0, -3.14]])
+    p_ok = np.array([[True, True, True, True, True]])
+    assert match_partons(jet_eta, jet_phi, jet_ok, p_eta, p_phi, p_ok).tolist() == [[-1, -1, -1, -1, -1]]
+    p_eta[0, 2] = -2.0  # parton 2 moves away: parton 1 now owns jet 2
+    p_eta[0, 0] = -0.15  # parton 0 now only near jet 0 (0.45 from jet 1)
+    p_phi[0, 4] = 3.1  # near phi = pi: still nothing there with a GenJet
+    assert match_partons(jet_eta, jet_phi, jet_ok, p_eta, p_phi, p_ok).tolist() == [[0, 2, -1, -1, -1]]
