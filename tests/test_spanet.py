@@ -400,3 +400,24 @@ def test_match_partons_rejects_ambiguous():
     p_eta[0, 0] = -0.15  # parton 0 now only near jet 0 (0.45 from jet 1)
     p_phi[0, 4] = 3.1  # near phi = pi: still nothing there with a GenJet
     assert match_partons(jet_eta, jet_phi, jet_ok, p_eta, p_phi, p_ok).tolist() == [[0, 2, -1, -1, -1]]
+
+
+def test_training_file_hh(tmp_path):
+    from coffea import processor
+    from coffea.nanoevents import NanoAODSchema
+
+    from crema.generate import write_nanoaod
+    from crema.processors.spanet_dataset import SpanetDataset
+
+    with pytest.raises(ValueError, match="does not define particles"):
+        SpanetDataset(builtin_event_file("tth_sl"), truth="hh_sl")
+    write_nanoaod(tmp_path / "hh.root", "hh_sl", 200, seed=5)
+    runner = processor.Runner(executor=processor.IterativeExecutor(), schema=NanoAODSchema, chunksize=200)
+    out = runner({"hh": {"files": {str(tmp_path / "hh.root"): "Events"}}}, SpanetDataset("hh_sl", {"hh": 1}), treename="Events")
+    a = out["arrays"]
+    assert sorted(k for k in a if k.startswith("TARGETS")) == ["TARGETS/h/b1", "TARGETS/h/b2", "TARGETS/w/q1", "TARGETS/w/q2"]
+    assert ((a["TARGETS/h/b1"] >= 0) & (a["TARGETS/h/b2"] >= 0)).mean() > 0.5
+    assert ((a["TARGETS/w/q1"] >= 0) & (a["TARGETS/w/q2"] >= 0)).mean() > 0.3
+    assert (a["CLASSIFICATIONS/EVENT/signal"] == 1).all()
+    m = np.exp(a["REGRESSIONS/EVENT/log_invariant_mass"])
+    assert np.all(np.abs(m / 800 - 1) < 0.11)  # the X resonance (10 % truncation)
