@@ -135,7 +135,9 @@ class JetCorrector:
         unknown = [v for v in wanted if v != NOMINAL and v not in self.variations]
         if unknown:
             raise ValueError(f"unknown jet variation {unknown[0]!r} (known: nominal, {', '.join(self.variations)})")
-        flat = self._flat(events)
+        # JER up/down scale factors are evaluated only when those variations are asked for
+        jer = ("nominal", *(d for d in ("up", "down") if f"JER_{d}" in wanted))
+        flat = self._flat(events, jer)
         jets = events[self.config.collection]
         return {v: self._build(jets, flat, *self._pt_mass(flat, v)) for v in wanted}
 
@@ -193,7 +195,7 @@ class JetCorrector:
         correction = self.cset.compound[name] if compound else self.cset[name]
         return np.asarray(correction.evaluate(*args), dtype=np.float64)
 
-    def _flat(self, events: ak.Array) -> _Flat:
+    def _flat(self, events: ak.Array, jer: tuple[str, ...] = ("nominal", "up", "down")) -> _Flat:
         cfg = self.config
         jets = events[cfg.collection]
         counts = ak.to_numpy(ak.num(jets, axis=1)).astype(np.int64)
@@ -216,11 +218,12 @@ class JetCorrector:
         factor = self._evaluate(jec, values, compound=True)
         flat.pt_jec, flat.mass_jec = flat.pt_raw * factor, flat.mass_raw * factor
         if is_mc:
-            flat.smear = self._smear(events, jets, flat)
+            flat.smear = self._smear(events, jets, flat, jer)
         return flat
 
-    def _smear(self, events: ak.Array, jets: ak.Array, flat: _Flat) -> dict[str, np.ndarray]:
-        """JER hybrid smearing factors for the nominal, up and down scale factors."""
+    def _smear(self, events: ak.Array, jets: ak.Array, flat: _Flat,
+               which: tuple[str, ...] = ("nominal", "up", "down")) -> dict[str, np.ndarray]:
+        """JER hybrid smearing factors for the ``which`` scale factors (nominal, up, down)."""
         cfg = self.config
         values = {"JetEta": flat.eta, "JetPt": flat.pt_jec, "Rho": flat.rho}
         sigma = self._evaluate(cfg.jer_resolution, values)
@@ -237,11 +240,13 @@ class JetCorrector:
             rel_gen = np.where(matched, (flat.pt_jec - gen_pt) / flat.pt_jec, 0.0)
             floor = np.where(energy > 0, _MIN_JET_ENERGY / energy, 1.0)
         out = {}
-        for which, name in zip(("nominal", "up", "down"), cfg.jer_values):
+        for key, name in zip(("nominal", "up", "down"), cfg.jer_values):
+            if key not in which:
+                continue
             sf = self._evaluate(cfg.jer_scale_factor, {**values, "systematic": name})
             scaling = 1.0 + (sf - 1.0) * rel_gen
             stochastic = 1.0 + z * sigma * np.sqrt(np.maximum(sf * sf - 1.0, 0.0))
-            out[which] = np.maximum(np.where(matched, scaling, stochastic), floor)
+            out[key] = np.maximum(np.where(matched, scaling, stochastic), floor)
         return out
 
     def _pt_mass(self, flat: _Flat, variation: str) -> tuple[np.ndarray, np.ndarray]:
