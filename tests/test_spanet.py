@@ -421,3 +421,38 @@ def test_training_file_hh(tmp_path):
     assert (a["CLASSIFICATIONS/EVENT/signal"] == 1).all()
     m = np.exp(a["REGRESSIONS/EVENT/log_invariant_mass"])
     assert np.all(np.abs(m / 800 - 1) < 0.11)  # the X resonance (10 % truncation)
+
+
+def test_training_script_reproducible_and_honours_contract(spanet_output, tmp_path):
+    import onnxruntime as ort
+
+    from crema.models.spanet import SPANet
+    from crema.models.spanet_train import TrainConfig, load_h5, train
+    from crema.processors.spanet_dataset import write_h5
+
+    write_h5({k: v[:160] for k, v in spanet_output["arrays"].items()}, tmp_path / "train.h5")  # a smoke run
+    cfg = TrainConfig(epochs=1, batch_size=80, hidden=8, layers=1, heads=2, seed=3)
+    a = train(tmp_path / "train.h5", "tth_sl", tmp_path / "a.onnx", cfg)
+    b = train(tmp_path / "train.h5", "tth_sl", tmp_path / "b.onnx", cfg)
+    event = builtin_event_file("tth_sl")
+    data = load_h5(tmp_path / "train.h5", event)
+    feeds = {f"{s.name}_{kind}": data[key][s.name] for s in event.inputs for kind, key in (("data", "inputs"), ("mask", "masks"))}
+
+    def run(path):
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        names = {i.name for i in sess.get_inputs()}
+        return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {k: v for k, v in feeds.items() if k in names})))
+
+    ra, rb = run(a), run(b)
+    assert ra.keys() == rb.keys()
+    for k in ra:
+        np.testing.assert_array_equal(ra[k], rb[k], err_msg=k)  # same seed, same network
+    mask = feeds["Momenta_mask"]
+    ht = ra["ht_assignment_probability"]
+    assert ht.shape == (len(mask), 12, 12, 12)
+    np.testing.assert_allclose(ht, np.swapaxes(ht, 2, 3), atol=1e-6)  # q1 <-> q2
+    np.testing.assert_allclose(ht.reshape(len(mask), -1).sum(1)[mask.sum(1) >= 3], 1, atol=1e-4)
+    assert (ht[~mask] == 0).all() and (np.diagonal(ht, axis1=2, axis2=3) == 0).all()
+    assert ra["EVENT/signal"].shape == (len(mask), 2)
+    model = SPANet(a, "tth_sl")
+    assert model.max_jets == 12
