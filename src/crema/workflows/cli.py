@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from dataclasses import replace
@@ -54,11 +55,22 @@ def run_and_write(config: Config, outdir: Path, plots: bool = True) -> dict:
     print_cutflow(output, Console(width=None if sys.stdout.isatty() else 200))
     for line in report.lines():
         console.print(f"[yellow]warning:[/] {line}")
-    paths = write_outputs(output, config.samples, outdir, report.to_dict())
-    if plots:
-        from crema.workflows.plots import plot_all
+    with contextlib.ExitStack() as stack:
+        drawn = None
+        if plots:
+            from concurrent.futures import ProcessPoolExecutor
+            from multiprocessing import get_context
 
-        plot_all(output, config.samples, outdir / "plots", config.plots.regions, config.plots.observables)
+            from crema.workflows.plots import plot_all
+
+            # plots are drawn in a second process while this one writes the ROOT file (both take
+            # tens of seconds with all systematics); spawn, as forking a process with threads is unsafe
+            pool = stack.enter_context(ProcessPoolExecutor(1, mp_context=get_context("spawn")))
+            drawn = pool.submit(plot_all, output, config.samples, outdir / "plots",
+                                config.plots.regions, config.plots.observables)
+        paths = write_outputs(output, config.samples, outdir, report.to_dict())
+        if drawn is not None:
+            drawn.result()
     n = report.to_dict()["processed_events"]
     console.print(f"processed {n} events in {elapsed:.1f} s ({config.executor.name}); outputs in {outdir}")
     return {"output": output, "report": report, "paths": paths}

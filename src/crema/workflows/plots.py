@@ -23,12 +23,12 @@ def _process_kinds(samples: dict[str, SampleInfo]) -> dict[str, str]:
 
 
 def _panels(output: dict[str, Any], samples: dict[str, SampleInfo], regions: list[str] | None,
-            observables: list[str] | None) -> Iterator[tuple[str, str, str, dict]]:
-    """(observable, channel, region, per-process histograms) for every panel to draw."""
+            observables: list[str] | None, systematics: list[str]) -> Iterator[tuple[str, str, str, dict]]:
+    """(observable, channel, region, per-process histograms of ``systematics``) for every panel."""
     for observable, h in output["histograms"].items():
         if observables is not None and observable not in observables:
             continue
-        by_key = process_histograms(h, samples)
+        by_key = process_histograms(h, samples, systematics)
         for channel in h.axes["channel"]:
             for region in h.axes["region"]:
                 if regions is None or region in regions:
@@ -46,7 +46,7 @@ def plot_all(output: dict[str, Any], samples: dict[str, SampleInfo], outdir: str
     kinds = _process_kinds(samples)
     plt.style.use(hep.style.CMS)
     written = []
-    for observable, channel, region, by_key in _panels(output, samples, regions, observables):
+    for observable, channel, region, by_key in _panels(output, samples, regions, observables, [NOMINAL]):
         procs = {p: one for (ch, reg, syst, p), one in by_key.items() if (ch, reg, syst) == (channel, region, NOMINAL)}
         if not any(one.sum().value for one in procs.values()):
             continue
@@ -105,7 +105,7 @@ def plot_variation(output: dict[str, Any], samples: dict[str, SampleInfo], syste
         raise ValueError(f"no process {process!r} (known: {', '.join(sorted(kinds))})")
     plt.style.use(hep.style.CMS)
     written = []
-    for observable, channel, region, by_key in _panels(output, samples, regions, observables):
+    for observable, channel, region, by_key in _panels(output, samples, regions, observables, list(names.values())):
         parts = {k: [by_key[(channel, region, v, p)] for p in chosen if (channel, region, v, p) in by_key]
                  for k, v in names.items()}
         if not parts["nominal"] or not sum(x.sum().value for x in parts["nominal"]):
