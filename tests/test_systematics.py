@@ -115,3 +115,20 @@ def test_root_names_variations(full, tmp_path):
         keys = {k.split(";")[0] for k in f["sl_inclusive_jet1_pt"].keys()}
         assert {"ttbar", "ttbar_JES_AbsoluteUp", "ttbar_JES_AbsoluteDown", "ttbar_pileupUp"} <= keys
         np.testing.assert_allclose(f["sl_inclusive_jet1_pt/ttbar_JERUp"].values(), one(output, "jet1_pt", "JERUp").values())
+
+
+def test_jes_sources_choose_the_variations(sample):
+    from crema.corrections.era import load_era
+    from crema.processors.hhbbww import CorrectionOptions, HHbbWWOptions, HHbbWWProcessor
+    from crema.schema import ConfigError
+
+    def build(sources):
+        options = HHbbWWOptions(corrections=CorrectionOptions(jes_sources=sources))
+        return HHbbWWProcessor(options, {}, load_era("2022"), 1.0)
+
+    proc = build(["Absolute_2022", "FlavorQCD"])
+    assert proc.shape_variations == ["JES_Absolute_2022_up", "JES_Absolute_2022_down", "JES_FlavorQCD_up",
+                                     "JES_FlavorQCD_down", "JER_up", "JER_down"]
+    assert "JES_FlavorQCDDown" in proc.systematics and "JES_AbsoluteUp" not in proc.systematics
+    with pytest.raises(ConfigError, match="unknown source 'Flavour'.*FlavorQCD"):
+        build(["Flavour"])

@@ -162,9 +162,10 @@ def _axis_name(variation: str) -> str:
 class HHbbWWProcessor(processor.ProcessorABC):
     """Resonant HH->bbWW analysis in the single-lepton (sl) and double-lepton (dl) channels.
 
-    ``process`` reads top to bottom: select objects, correct them (hook), run models (hook),
-    then per channel apply the cutflow and fill histograms per region. ``postprocess`` scales
-    simulated datasets to cross section x luminosity.
+    ``process`` reads top to bottom: correct jets and MET per variation (crema.corrections),
+    select objects, weight events, then per variation and channel apply the cutflow, run the
+    models (crema.models) and fill histograms per region and systematic. ``postprocess`` scales
+    simulated datasets to cross section x luminosity. See docs/hhbbww.md.
     """
 
     def __init__(
@@ -214,15 +215,17 @@ class HHbbWWProcessor(processor.ProcessorABC):
     def _shape_variations(self, opts: CorrectionOptions | None) -> list[str]:
         if self.jet_corrector is None or not opts.systematics:
             return []
+        def source(variation: str) -> str | None:  # JES_<source>_<up|down> -> <source>
+            return variation[4:].rsplit("_", 1)[0] if variation.startswith("JES_") else None
+
         variations = self.jet_corrector.variations
         if opts.jes_sources is not None:
-            known = {v.split("_", 1)[1].rsplit("_", 1)[0] for v in variations if v.startswith("JES_")}
+            known = {source(v) for v in variations} - {None}
             unknown = sorted(set(opts.jes_sources) - known)
             if unknown:
                 raise ConfigError(f"processor.options.corrections.jes_sources: unknown source {unknown[0]!r} "
                                   f"(the era has: {', '.join(sorted(known))})")
-            variations = [v for v in variations if not v.startswith("JES_")
-                          or v.split("_", 1)[1].rsplit("_", 1)[0] in opts.jes_sources]
+            variations = [v for v in variations if source(v) is None or source(v) in opts.jes_sources]
         return variations
 
     def _deephme(self, opts: DeepHMEOptions) -> dict[str, Any]:
