@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import correctionlib
-import numpy as np
 import pytest
 import yaml
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import hist
-import numpy as np
 
 from crema.schema import ConfigError, from_dict, load_yaml
 
@@ -98,10 +97,3 @@ def normalisation(info: SampleInfo, sumw: float, luminosity_fb: float) -> float:
     if sumw == 0:
         return 0.0
     return info.xsec_pb * 1000.0 * luminosity_fb / sumw
-
-
-def as_numpy(values: Any) -> np.ndarray:
-    """Flat numpy view of an awkward/numpy 1D array."""
-    import awkward as ak
-
-    return np.asarray(ak.to_numpy(values))

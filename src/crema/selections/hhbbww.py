@@ -9,7 +9,7 @@ import numpy as np
 from coffea.analysis_tools import PackedSelection
 
 from crema.selections.config import ChannelCuts, Region, SelectionConfig
-from crema.selections.objects import SELECTION_BRANCHES, btagged, count, fatjet_mask, jet_masks, leptons
+from crema.selections.objects import SELECTION_BRANCHES, btagged, fatjet_mask, jet_masks, leptons
 
 CHANNELS = ("sl", "dl")
 
@@ -114,4 +114,4 @@ def region_masks(objects: Objects, regions: dict[str, Region]) -> dict[str, np.n
     return masks
 
 
-__all__ = ["CHANNELS", "Objects", "channel_selection", "count", "region_masks", "required_branches", "select_objects"]
+__all__ = ["CHANNELS", "Objects", "channel_selection", "region_masks", "required_branches", "select_objects"]

@@ -6,7 +6,6 @@ Each function states the branches it reads in ``uses`` so a processor can check 
 from __future__ import annotations
 
 import awkward as ak
-import numpy as np
 from coffea.nanoevents.methods import candidate
 
 from crema.selections.config import ElectronCuts, JetCuts, MuonCuts
@@ -122,17 +121,6 @@ def btagged(jets: ak.Array, score: str, threshold: float) -> ak.Array:
 def by_score(jets: ak.Array, score: str) -> ak.Array:
     """Jets sorted by descending ``score``."""
     return jets[ak.argsort(jets[score], axis=1, ascending=False)]
-
-
-def pad_first(values: ak.Array, n: int) -> list[ak.Array]:
-    """The first ``n`` entries of each event as ``n`` arrays with None where missing."""
-    padded = ak.pad_none(values, n, axis=1, clip=True)
-    return [padded[:, i] for i in range(n)]
-
-
-def count(mask: ak.Array) -> np.ndarray:
-    """Per-event number of True entries of a jagged mask, as numpy."""
-    return ak.to_numpy(ak.sum(mask, axis=1))
 
 
 SELECTION_BRANCHES = (
