@@ -11,6 +11,7 @@ import correctionlib.schemav2
 import hist
 import numpy as np
 
+from crema.corrections import files
 from crema.schema import ConfigError
 
 
@@ -19,34 +20,13 @@ def working_point(path: str | Path, tagger: str, working_point: str) -> float:
 
     Reads the ``<tagger>_wp_values`` correction; errors name the file and list what it contains.
     """
-    cset = correctionlib.CorrectionSet.from_file(str(path))
     key = f"{tagger}_wp_values"
-    if key not in list(cset.keys()):
-        raise ConfigError(f"{path}: no correction {key!r} (the file has: {', '.join(cset.keys())})")
-    correction = cset[key]
-    try:
-        return float(correction.evaluate(working_point))
-    except Exception:
-        points = _working_point_names(path, key)
-        raise ConfigError(
-            f"{path}: {key} has no working point {working_point!r} (it has: {', '.join(points)})"
-        ) from None
-
-
-def _working_point_names(path: str | Path, key: str) -> list[str]:
-    # only on the error path: the compiled correction does not expose its category keys
-    model = correctionlib.schemav2.CorrectionSet.model_validate(_read_json(path))
-    data = next(c for c in model.corrections if c.name == key).data
-    return [str(item.key) for item in getattr(data, "content", [])]
-
-
-def _read_json(path: str | Path) -> dict:
-    import gzip
-    import json
-
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt") as stream:
-        return json.load(stream)
+    info = files.summary(path).require(key, str(path))
+    # the skeleton of a category node lists its keys: ("cat", input, ((key, child), ...), default)
+    points = [str(k) for k, _ in info.skeleton[2]] if info.skeleton and info.skeleton[0] == "cat" else []
+    if working_point not in points:
+        raise ConfigError(f"{path}: {key} has no working point {working_point!r} (it has: {', '.join(points)})")
+    return float(correctionlib.CorrectionSet.from_file(str(path))[key].evaluate(working_point))
 
 
 # --------------------------------------------------------------------------- efficiency maps
