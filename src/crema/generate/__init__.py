@@ -4,11 +4,14 @@ Physics-shaped toy events for the processes in :data:`PROCESSES` (resonant
 HH -> bbWW, ttbar, ttH, Drell-Yan, W+jets): Breit-Wigner resonances decayed in
 their rest frames, ISR recoil, heavy-flavour hadron decays, particle-level jets,
 and a parametrised CMS-like detector response (real Summer22 JEC/JER for AK4
-Puppi jets) written with the exact NanoAODv12 branch names and types.  See
-docs/generator.md for the model.
+Puppi jets, with a jet response driven by observable causes) written with the
+exact NanoAODv12 branch names and types; optionally (``pfnano=True``) with
+PFNano-style jet constituents and secondary vertices.  See docs/generator.md for
+the model.
 
 >>> from crema.generate import PROCESSES, generate_events, write_nanoaod
 >>> write_nanoaod("tt.root", "tt_sl", 10_000, seed=1)  # doctest: +SKIP
+>>> write_nanoaod("tt_pf.root", "tt_sl", 10_000, seed=1, pfnano=True)  # doctest: +SKIP
 """
 
 from .events import PROCESSES, generate_events

@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 import awkward as ak
 import numpy as np
 
+from . import pfnano as _pfnano
 from .genjets import build_inputs, cluster
 from .processes import PROCESS_SPECS, generate_hard
 from .reco_event import met_filters, missing_et, pileup
 from .reco_jets import GENJET_PT_MIN, GENJETAK8_PT_MIN, attach_leptons, gen_collection, reco_ak4, reco_ak8
 from .reco_leptons import reco_leptons
-from .schema import COLLECTIONS, COUNTER_TYPE, EMPTY_COLLECTIONS, SCALARS
+from .schema import COLLECTIONS, COUNTER_TYPE, EMPTY_COLLECTIONS, SCALARS, collections
 from .trigger import triggers
 
 BLOCK_SIZE = 10_000  # events per independent RNG block
@@ -63,14 +64,19 @@ def check_process(process: str, mass: float = 800.0) -> None:
         raise ValueError(f"X mass must be above {MIN_X_MASS} GeV for {process}, got {mass}")
 
 
-def block_rng(seed: int, process: str, block: int) -> np.random.Generator:
-    """Independent generator of one block."""
-    ss = np.random.SeedSequence(entropy=int(seed) % 2**63, spawn_key=(zlib.crc32(process.encode()), int(block)))
+def block_rng(seed: int, process: str, block: int, stream: int = 0) -> np.random.Generator:
+    """Independent generator of one block (``stream`` 1: the PFNano constituents)."""
+    key = (zlib.crc32(process.encode()), int(block), *((int(stream),) if stream else ()))
+    ss = np.random.SeedSequence(entropy=int(seed) % 2**63, spawn_key=key)
     return np.random.Generator(np.random.PCG64(ss))
 
 
-def generate_block(process: str, n: int, *, seed: int, block: int, mass: float) -> Block:
-    """Generate events [block * BLOCK_SIZE, block * BLOCK_SIZE + n) of a process."""
+def generate_block(process: str, n: int, *, seed: int, block: int, mass: float, pfnano: bool = False) -> Block:
+    """Generate events [block * BLOCK_SIZE, block * BLOCK_SIZE + n) of a process.
+
+    With ``pfnano`` the PFNano tables are added from their own random stream, so
+    that every other branch is the same as without.
+    """
     spec = PROCESS_SPECS[process]
     rng = block_rng(seed, process, block)
     first = block * BLOCK_SIZE
@@ -119,7 +125,7 @@ def generate_block(process: str, n: int, *, seed: int, block: int, mass: float) 
         **triggers(rng, n, lep.e_counts, lep.e_fields, lep.mu_counts, lep.mu_fields),
     }
     empty = np.zeros(n, dtype=np.int64)
-    collections = {
+    colls = {
         "GenPart": (gen_counts, gen_fields),
         "GenJet": (gj_counts, {k.split("_", 1)[1]: v for k, v in gj_fields.items()}),
         "GenJetAK8": (g8_counts, {k.split("_", 1)[1]: v for k, v in g8_fields.items()}),
@@ -130,25 +136,37 @@ def generate_block(process: str, n: int, *, seed: int, block: int, mass: float) 
         "Muon": (lep.mu_counts, lep.mu_fields),
         **{c: (empty, {k: np.zeros(0) for k in COLLECTIONS[c]}) for c in EMPTY_COLLECTIONS},
     }
-    return _typed(Block(scalars, collections))
+    if pfnano:
+        pf_rng = block_rng(seed, process, block, stream=1)
+        colls.update(_pfnano.build(pf_rng, ak4.counts, ak4.fields, ak4.extra, pu.branches))
+    return _typed(Block(scalars, colls), pfnano)
 
 
-def _typed(block: Block) -> Block:
+def _typed(block: Block, pfnano: bool = False) -> Block:
     """Cast every array to its NanoAOD type and keep exactly the schema's branches."""
     scalars = {k: np.asarray(block.scalars[k]).astype(t, copy=False) for k, t in SCALARS.items()}
     colls = {}
-    for name, types in COLLECTIONS.items():
+    for name, types in collections(pfnano).items():
         counts, fields = block.collections[name]
         colls[name] = (counts.astype(COUNTER_TYPE), {k: np.asarray(fields[k]).astype(t, copy=False) for k, t in types.items()})
     return Block(scalars, colls)
 
 
-def generate_blocks(process: str, n_events: int, *, seed: int, mass: float, start_block: int = 0, n_blocks: int | None = None):
+def generate_blocks(
+    process: str,
+    n_events: int,
+    *,
+    seed: int,
+    mass: float,
+    start_block: int = 0,
+    n_blocks: int | None = None,
+    pfnano: bool = False,
+):
     """Yield the blocks covering ``n_events`` (optionally a sub-range of blocks)."""
     total = -(-n_events // BLOCK_SIZE)
     stop = total if n_blocks is None else min(total, start_block + n_blocks)
     for b in range(start_block, stop):
-        yield generate_block(process, min(BLOCK_SIZE, n_events - b * BLOCK_SIZE), seed=seed, block=b, mass=mass)
+        yield generate_block(process, min(BLOCK_SIZE, n_events - b * BLOCK_SIZE), seed=seed, block=b, mass=mass, pfnano=pfnano)
 
 
 def _jagged(counts: np.ndarray, content) -> ak.Array:
@@ -176,17 +194,21 @@ def block_to_records(block: Block) -> dict[str, ak.Array | np.ndarray]:
     return out
 
 
-def generate_events(process: str, n_events: int, *, seed: int = 0, mass: float = 800.0) -> dict[str, ak.Array | np.ndarray]:
+def generate_events(
+    process: str, n_events: int, *, seed: int = 0, mass: float = 800.0, pfnano: bool = False
+) -> dict[str, ak.Array | np.ndarray]:
     """Generate ``n_events`` NanoAODv12-like events of ``process`` in memory.
 
     Returns branch name -> array exactly as :func:`write_nanoaod` writes them: flat
     numpy arrays for event-level branches and the ``n<Collection>`` counters,
     jagged awkward arrays for collection fields.  ``mass`` is the X mass of the
-    resonant ``hh_*`` processes (GeV) and ignored otherwise.
+    resonant ``hh_*`` processes (GeV) and ignored otherwise.  ``pfnano`` adds the
+    PFNano tables ``PFCands``, ``JetPFCands``, ``SV`` and ``JetSVs`` (the AK4 jets'
+    constituents and secondary vertices) without changing any other branch.
     """
     check_process(process, mass)
     if n_events < 0:
         raise ValueError("n_events must be >= 0")
     if n_events == 0:
-        return block_to_branches(generate_block(process, 0, seed=seed, block=0, mass=mass))
-    return block_to_branches(Block.concatenate(list(generate_blocks(process, n_events, seed=seed, mass=mass))))
+        return block_to_branches(generate_block(process, 0, seed=seed, block=0, mass=mass, pfnano=pfnano))
+    return block_to_branches(Block.concatenate(list(generate_blocks(process, n_events, seed=seed, mass=mass, pfnano=pfnano))))

@@ -1,26 +1,31 @@
 """Detector response for jets: GenJet/Jet (AK4 Puppi), GenJetAK8/FatJet (AK8 Puppi), SubJet.
 
 AK4 reco jets are made from particle-level jets (plus pileup jets).  A target
-corrected pt is drawn as gen pt x flavour response x (1 + sigma_JER x N(0,1)),
-sigma_JER being the real Summer22 Puppi MC resolution; the raw pt is the value
-the real Summer22 JEC maps onto that target, and ``Jet_pt`` is raw x JEC(raw)
-from correctionlib.  Flavour-tagging scores, energy fractions, constituent
-counts and the PNet regression are drawn from flavour-dependent laws; all
-numbers are documented in docs/generator.md.
+corrected pt is drawn around gen pt x flavour response with the real Summer22
+Puppi MC resolution as total width; :mod:`.response` decomposes that
+fluctuation into observable causes (neutral-hadron share, fragmentation,
+semileptonic decays, residual pileup) and an unobservable rest, and draws the
+jet's composition and constituent multiplicities consistently.  The raw pt is
+the value the real Summer22 JEC maps onto the target (plus the residual pileup),
+and ``Jet_pt`` is raw x JEC(raw) from correctionlib.  Flavour-tagging scores and
+the PNet regression are drawn from flavour-dependent laws; all numbers are
+documented in docs/generator.md.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import response as resp
 from .genjets import KIND_PARTON, Clusters, Inputs
 from .jec import jec, jer
 from .kinematics import delta_phi, logit, sigmoid
 from .padded import compact, local_index, order_and_select
 from .processes import HardEvent
 from .reco_event import Pileup
+from .response import BOTTOM, CHARM, FRACTIONS, GLUON, LEPTON, PILEUP, RESOLUTION_SCALE, RESPONSE, UDS  # noqa: F401
 
 AK4_PT_MIN = 15.0
 AK4_ETA_MAX = 5.0
@@ -32,13 +37,6 @@ PU_JETS_PER_PU = 0.03  # mean number of pileup-jet candidates per pileup interac
 BTAG_ETA_MAX = 2.5
 PU_OFFSET = 0.04  # residual raw-pt offset per unit rho x area (GeV)
 
-# jet classes driving the response and tagging laws
-UDS, GLUON, CHARM, BOTTOM, LEPTON, PILEUP = range(6)
-
-# mean reco/gen response after JEC (gluon value is at 30 GeV, see _response)
-RESPONSE = np.array([1.00, 0.99, 0.99, 0.98, 1.00, 1.00])
-# resolution relative to the JER (softer gluon fragmentation, b/c decays with muons and neutrinos)
-RESOLUTION_SCALE = np.array([1.00, 1.08, 1.04, 1.08, 1.00, 1.00])
 # PNet b score: logit(score) ~ N(mean, sd)
 B_LOGIT = np.array([[-5.32, 1.80], [-5.00, 1.85], [-3.27, 2.07], [1.975, 3.25], [-6.0, 1.5], [-5.8, 1.7]])
 # c share of the non-b probability (= CvL): logit ~ N(mean, sd)
@@ -46,30 +44,19 @@ C_LOGIT = np.array([[-2.5, 1.3], [-2.3, 1.3], [1.0, 1.4], [-0.3, 1.4], [-3.0, 1.
 # light-quark share of light probability (= QvG): logit ~ N(mean, sd)
 Q_LOGIT = np.array([[1.0, 1.3], [-1.2, 1.3], [0.5, 1.3], [0.3, 1.3], [1.5, 1.0], [-0.5, 1.2]])
 Q_LOGIT_FORWARD = np.array([[0.5, 1.3], [-0.6, 1.3], [0.3, 1.3], [0.2, 1.3], [1.0, 1.0], [-0.3, 1.2]])
-# hadronic energy fractions [chHEF, neHEF, chEmEF, neEmEF] (Dirichlet means, concentration 12)
-FRACTIONS = np.array(
-    [
-        [0.64, 0.10, 0.01, 0.25],
-        [0.60, 0.13, 0.01, 0.26],
-        [0.62, 0.11, 0.015, 0.255],
-        [0.62, 0.10, 0.02, 0.26],
-        [0.50, 0.10, 0.05, 0.35],
-        [0.30, 0.30, 0.01, 0.39],
-    ]
-)
-FRACTION_CONCENTRATION = 12.0
-N_CONSTITUENTS_30 = np.array([9.0, 13.0, 11.0, 13.0, 2.5, 5.0])  # mean at 30 GeV, grows as pt^0.3
+
+# per-jet bookkeeping kept for the PFNano constituents (not written): measured pT per type (GeV) ...
+TYPE_KEYS = ("ch", "nh", "ga", "ce", "mu")
+# ... and constituent counts per type
+COUNT_KEYS = ("ch", "nh", "ga", "ce", "e", "mu", "pu_ch", "pu_ga", "pu_nh")
 
 
-def _response(cls: np.ndarray, gen_pt: np.ndarray) -> np.ndarray:
-    """Flavour response; gluons 0.975 at 30 GeV approaching 0.99 at high pt."""
-    r = RESPONSE[cls]
-    return np.where(cls == GLUON, 0.99 - 0.015 * np.sqrt(30.0 / np.maximum(gen_pt, 5.0)), r)
-
-
-def _logit_normal(rng, params: np.ndarray, cls: np.ndarray) -> np.ndarray:
-    z = params[cls, 0] + params[cls, 1] * rng.normal(size=cls.size)
-    return sigmoid(z)
+def _logit_normal(rng, params: np.ndarray, cls: np.ndarray, z: np.ndarray | None = None, corr: float = 0.0) -> np.ndarray:
+    """Logit-normal score; optionally correlated (``corr``) with a standard-normal latent ``z``."""
+    noise = rng.normal(size=cls.size)
+    if z is not None:
+        noise = corr * z + np.sqrt(1.0 - corr**2) * noise
+    return sigmoid(params[cls, 0] + params[cls, 1] * noise)
 
 
 # ----------------------------------------------------------------------- GenJets
@@ -93,7 +80,7 @@ def gen_collection(cl: Clusters, pt_min: float, prefix: str):
 
 @dataclass
 class AK4:
-    """Reco AK4 jets: flat fields in final order plus bookkeeping for leptons and MET."""
+    """Reco AK4 jets: flat fields in final order plus bookkeeping for leptons, MET and constituents."""
 
     counts: np.ndarray
     fields: dict[str, np.ndarray]
@@ -102,6 +89,7 @@ class AK4:
     mis_py: np.ndarray
     sum_pt: np.ndarray
     var_pt: np.ndarray
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # per-jet inputs of the PFNano constituents
 
 
 def reco_ak4(rng: np.random.Generator, cl: Clusters, genjet_index: np.ndarray, pu: Pileup) -> AK4:
@@ -115,14 +103,7 @@ def reco_ak4(rng: np.random.Generator, cl: Clusters, genjet_index: np.ndarray, p
     )
     cand = cl.valid & (g_pt > 5.0) & (np.abs(g_eta) < AK4_ETA_MAX + 0.2)
     rho = pu.rho[:, None]
-
-    # detector smearing around the flavour response (JER = real MC resolution)
     sigma = jer()(g_eta, g_pt, np.broadcast_to(rho, g_pt.shape)) * RESOLUTION_SCALE[cls]
-    target = g_pt * _response(cls, g_pt) * (1.0 + sigma * rng.normal(size=(n, K)))
-    tail = rng.uniform(size=(n, K)) < 0.02  # non-Gaussian low tail (cracks, punch-through)
-    target = np.where(tail, target * rng.uniform(0.7, 0.95, (n, K)), target)
-    lep_target = g_pt * (1.0 + 0.02 * rng.normal(size=(n, K))) + rng.exponential(1.5, (n, K))
-    target = np.maximum(np.where(cls == LEPTON, lep_target, target), 0.5)
     ang = 0.008 + 0.25 / np.maximum(g_pt, 5.0)
     eta = g_eta + ang * rng.normal(size=(n, K))
     phi = delta_phi(g_phi + ang * rng.normal(size=(n, K)), 0.0)  # wrapped to [-pi, pi)
@@ -140,23 +121,59 @@ def reco_ak4(rng: np.random.Generator, cl: Clusters, genjet_index: np.ndarray, p
     z_pu = np.zeros((n, MAX_PU_JETS))
     all_cls = cat(cls, np.full((n, MAX_PU_JETS), PILEUP))
     all_cand = cat(cand, pu_valid)
-    all_target = cat(target, pu_target)
     all_eta = cat(eta, pu_eta)
     all_phi = cat(phi, pu_phi)
     area = np.clip(rng.normal(0.50, 0.035, all_cls.shape), 0.2, 0.8)
 
-    # raw pt from the inverse JEC; stored pt from the exact forward JEC
-    sel = all_cand & (all_target > 12.0) & (np.abs(all_eta) < AK4_ETA_MAX)
-    rho_b = np.broadcast_to(rho, all_cls.shape)
-    raw_s = jec().raw_for(all_target[sel], area[sel], all_eta[sel], rho_b[sel])
-    # residual pileup offset ~ rho x area that the Puppi JEC (L1FastJet = 1) does not remove
-    raw_s = raw_s + PU_OFFSET * rho_b[sel] * area[sel] * (1.0 + 0.5 * rng.normal(size=raw_s.size))
-    pt_s = raw_s * jec().factor(area[sel], all_eta[sel], raw_s, rho_b[sel])
-    raw = np.zeros(all_cls.shape)
-    pt = np.zeros(all_cls.shape)
-    raw[sel] = raw_s
-    pt[sel] = pt_s
-    keep = sel & (pt > AK4_PT_MIN)
+    # the response model works on the flat list of candidates
+    ic = np.flatnonzero(all_cand.ravel())
+    fl = lambda a: np.broadcast_to(a, all_cls.shape).reshape(-1)[ic]  # noqa: E731
+    c_f, eta_f, area_f = fl(all_cls), fl(all_eta), fl(area)
+    rho_f = fl(np.broadcast_to(rho, all_cls.shape))
+    gen_f = fl(cat(g_pt, z_pu))
+    scale_pt = np.where(c_f == PILEUP, fl(cat(np.zeros((n, K)), pu_target)), gen_f)  # what sets multiplicities
+    x_mu = np.clip(fl(cat(cl.lep_mu, z_pu)) / np.maximum(gen_f, 1.0), 0.0, 0.98)
+    x_e = np.clip(fl(cat(cl.lep_e, z_pu)) / np.maximum(gen_f, 1.0), 0.0, 0.98 - x_mu)
+    x_mu = np.where(c_f == PILEUP, 0.0, x_mu)
+    x_e = np.where(c_f == PILEUP, 0.0, x_e)
+    nu_f = fl(cat(cl.nu_pt, z_pu))
+    lat = resp.draw(rng, c_f, scale_pt, eta_f, rho_f, area_f, x_e, x_mu)
+
+    # target corrected pt: observable causes + unobservable rest around the class response
+    hadronic = c_f <= BOTTOM
+    h = np.flatnonzero(hadronic)
+    g_h = gen_f[h]
+    raw_ref = jec().raw_for(g_h * resp.mean_response(c_f[h], g_h), area_f[h], eta_f[h], rho_f[h])
+    rel = resp.relative_response(
+        rng, lat.subset(h), c_f[h], g_h, eta_f[h], fl(cat(sigma, z_pu))[h], x_e[h], x_mu[h], nu_f[h], raw_ref
+    )
+    target = np.zeros(ic.size)
+    target[h] = g_h * RESPONSE[UDS] * rel
+    tail = rng.uniform(size=ic.size) < 0.02  # non-Gaussian low tail (cracks, punch-through)
+    target = np.where(tail, target * rng.uniform(0.7, 0.95, ic.size), target)
+    lep_target = gen_f * (1.0 + 0.02 * rng.normal(size=ic.size)) + rng.exponential(1.5, ic.size)
+    target = np.where(c_f == LEPTON, lep_target, target)
+    target = np.where(c_f == PILEUP, scale_pt, target)
+    target = np.maximum(target, 0.5)
+
+    # raw pt from the inverse JEC; residual pileup: mean offset ~ rho x area plus the fluctuation of
+    # the residual pileup particles (their mean is absorbed by the JEC); stored pt from the forward JEC
+    sel = (target > 12.0) & (np.abs(eta_f) < AK4_ETA_MAX)
+    s = np.flatnonzero(sel)
+    raw_jec = jec().raw_for(target[s], area_f[s], eta_f[s], rho_f[s])
+    pu_sum = lat.pu["ch"][s] + lat.pu["ga"][s] + lat.pu["nh"][s]
+    raw_core = np.maximum(raw_jec + PU_OFFSET * rho_f[s] * area_f[s] - lat.pu_mean[s], 0.3 * raw_jec)
+    raw_s = raw_core + pu_sum
+    pt_s = raw_s * jec().factor(area_f[s], eta_f[s], raw_s, rho_f[s])
+    shape = all_cls.shape
+    raw = np.zeros(shape)
+    pt = np.zeros(shape)
+    pos = np.full(shape, -1, dtype=np.int64)
+    raw.reshape(-1)[ic[s]] = raw_s
+    pt.reshape(-1)[ic[s]] = pt_s
+    pos.reshape(-1)[ic] = np.arange(ic.size)
+    keep = np.zeros(shape, bool)
+    keep.reshape(-1)[ic[s]] = pt_s > AK4_PT_MIN
     order, new_index = order_and_select(keep, pt)
 
     gen_idx = cat(genjet_index, np.full((n, MAX_PU_JETS), -1))
@@ -170,6 +187,7 @@ def reco_ak4(rng: np.random.Generator, cl: Clusters, genjet_index: np.ndarray, p
             "phi": all_phi,
             "area": area,
             "cls": all_cls,
+            "pos": pos,
             "gen_idx": gen_idx,
             "g_pt": cat(g_pt, z_pu),
             "g_phi": cat(g_phi, z_pu),
@@ -178,12 +196,11 @@ def reco_ak4(rng: np.random.Generator, cl: Clusters, genjet_index: np.ndarray, p
             "hadflav": cat(cl.hadflav, np.zeros((n, MAX_PU_JETS), np.uint8)),
             "partflav": cat(cl.partflav, np.zeros((n, MAX_PU_JETS), np.int16)),
             "nu": cat(cl.nu_pt, z_pu),
-            "le": cat(cl.lep_e, z_pu),
-            "lmu": cat(cl.lep_mu, z_pu),
         },
     )
     m = counts.sum()
     c = f["cls"]
+    p = f["pos"]
     is_pu = c == PILEUP
     pt, raw, g_pt = f["pt"], f["raw"], f["g_pt"]
     fields: dict[str, np.ndarray] = {
@@ -197,9 +214,12 @@ def reco_ak4(rng: np.random.Generator, cl: Clusters, genjet_index: np.ndarray, p
         "hadronFlavour": f["hadflav"],
         "partonFlavour": f["partflav"],
     }
-    fields.update(_flavour_tagging(rng, c, f["eta"], pt))
+    fields.update(_flavour_tagging(rng, c, f["eta"], pt, lat.z[p]))
     fields.update(_regression(rng, c, pt, raw, g_pt, f["nu"], f["sigma"]))
-    fields.update(_composition(rng, c, g_pt, f["le"], f["lmu"], pt))
+    meas = resp.measured(lat, 1.0 - x_mu - x_e, x_e, x_mu, resp.nh_response(scale_pt, eta_f))
+    comp, extra = _composition(rng, lat, meas, p, raw, lat.forward[p])
+    fields.update(comp)
+    extra.update(s=lat.s[p], hadflav=f["hadflav"], cls=c, nu=f["nu"], g_pt=g_pt)
 
     # MET bookkeeping: mismeasurement of hadronic jets, full momentum of fake PU jets
     ev = np.repeat(np.arange(n), counts)
@@ -215,22 +235,27 @@ def reco_ak4(rng: np.random.Generator, cl: Clusters, genjet_index: np.ndarray, p
         mis_py=np.bincount(ev, dpy * w, minlength=n),
         sum_pt=np.bincount(ev, pt * w, minlength=n),
         var_pt=np.bincount(ev, (f["sigma"] * pt) ** 2 * w, minlength=n),
+        extra=extra,
     )
 
 
-def _flavour_tagging(rng, cls: np.ndarray, eta: np.ndarray, pt: np.ndarray) -> dict[str, np.ndarray]:
-    """PNet (and DeepJet) scores as a consistent b / c / uds / g / tau probability vector."""
+def _flavour_tagging(rng, cls: np.ndarray, eta: np.ndarray, pt: np.ndarray, z: np.ndarray) -> dict[str, np.ndarray]:
+    """PNet (and DeepJet) scores as a consistent b / c / uds / g / tau probability vector.
+
+    The QvG share is correlated with the jet's fragmentation softness ``z`` (softer:
+    more gluon-like) without changing its distribution in each class.
+    """
     m = cls.size
     b = _logit_normal(rng, B_LOGIT, cls)
     c_share = _logit_normal(rng, C_LOGIT, cls)
-    q_share = _logit_normal(rng, Q_LOGIT, cls)
+    q_share = _logit_normal(rng, Q_LOGIT, cls, -z, resp.QVG_FRAG_CORRELATION)
     p_tau = rng.beta(0.5, 60.0, m)
     rest = (1.0 - b) * (1.0 - p_tau)
     p_c = rest * c_share
     p_uds = rest * (1.0 - c_share) * q_share
     p_g = rest * (1.0 - c_share) * (1.0 - q_share)
     central = np.abs(eta) < BTAG_ETA_MAX
-    fwd_qvg = _logit_normal(rng, Q_LOGIT_FORWARD, cls)
+    fwd_qvg = _logit_normal(rng, Q_LOGIT_FORWARD, cls, -z, resp.QVG_FRAG_CORRELATION)
     undefined = np.float64(-1.0)
     out = {
         "btagPNetB": np.where(central, b, undefined),
@@ -269,35 +294,58 @@ def _regression(rng, cls, pt, raw, g_pt, nu_pt, sigma) -> dict[str, np.ndarray]:
     }
 
 
-def _composition(rng, cls, g_pt, lep_e, lep_mu, pt) -> dict[str, np.ndarray]:
-    """Energy fractions (Dirichlet per class + lepton content), constituents, jet ID."""
-    m = cls.size
-    alpha = FRACTIONS[cls] * FRACTION_CONCENTRATION
-    g = rng.gamma(alpha)
-    frac = g / g.sum(axis=1, keepdims=True)
-    x_mu = np.clip(lep_mu / np.maximum(g_pt, 1.0), 0.0, 0.98)
-    x_e = np.clip(lep_e / np.maximum(g_pt, 1.0), 0.0, 0.98 - x_mu)
-    had = 1.0 - x_mu - x_e
-    ch_h, ne_h, ch_em, ne_em = (frac[:, i] * had for i in range(4))
-    # an electron's energy is partly radiated (brems photons count as neutral EM)
-    x_e_ch = x_e * rng.uniform(0.55, 1.0, m)
-    ch_em = ch_em + x_e_ch
-    ne_em = ne_em + (x_e - x_e_ch)
-    n_lep = (lep_mu > 0).astype(int) + (lep_e > 0)
-    mean_n = N_CONSTITUENTS_30[cls] * (np.maximum(pt, 5.0) / 30.0) ** 0.3
-    n_const = np.clip(rng.poisson(mean_n) + n_lep + 1, 1, 255)
+def _composition(rng, lat: resp.Latents, meas: dict, pos: np.ndarray, raw: np.ndarray, forward: np.ndarray):
+    """Energy fractions, constituent count and jet ID of the kept jets (flat candidate index ``pos``).
+
+    The measured pT of each constituent type (:func:`.response.measured`) shares the
+    raw pt left after the residual pileup particles, which add their own pT to the
+    charged (outside the tracker: neutral) hadron, photon and neutral-hadron parts.
+    Returns the Jet fields and the per-jet bookkeeping for the PFNano constituents.
+    """
+    m = pos.size
+    mt = {k: meas[k][pos] for k in TYPE_KEYS}
+    total = sum(mt.values())
+    o = {k: lat.pu[k][pos] for k in ("ch", "ga", "nh")}
+    core = raw - (o["ch"] + o["ga"] + o["nh"])
+    t = {k: core * mt[k] / total for k in TYPE_KEYS}  # GeV, before pileup
+    counts = {k: lat.counts[k][pos].astype(np.int64) for k in COUNT_KEYS}
+    # outside the tracker there are no tracks: hadrons are neutral hadrons, electrons photons
+    fwd = lambda a, b: np.where(forward, a + b, a)  # noqa: E731
+    o["nh"], o["ch"] = fwd(o["nh"], o["ch"]), np.where(forward, 0.0, o["ch"])
+    counts["pu_nh"], counts["pu_ch"] = fwd(counts["pu_nh"], counts["pu_ch"]), np.where(forward, 0, counts["pu_ch"])
+    counts["nh"], counts["ch"] = fwd(counts["nh"], counts["ch"]), np.where(forward, 0, counts["ch"])
+    counts["ga"] = fwd(counts["ga"], counts["ce"] + counts["e"])
+    counts["ce"], counts["e"] = np.where(forward, 0, counts["ce"]), np.where(forward, 0, counts["e"])
+    ch_h = (t["ch"] + o["ch"]) / raw
+    ne_h = (t["nh"] + o["nh"]) / raw
+    ch_em = t["ce"] / raw
+    ne_em = (t["ga"] + o["ga"]) / raw
+    mu_ef = t["mu"] / raw
+    n_const = sum(counts.values())
+    excess = np.maximum(n_const - 255, 0)  # Jet_nConstituents is a uint8: drop soft photons
+    counts["ga"] = counts["ga"] - np.minimum(excess, counts["ga"] - 1)
+    n_const = sum(counts.values())
     tight = (ne_h < 0.99) & (ne_em < 0.9) & (rng.uniform(size=m) > 0.004)
-    lep_veto = tight & (x_mu < 0.8) & (ch_em < 0.8)
+    lep_veto = tight & (mu_ef < 0.8) & (ch_em < 0.8)
     jet_id = np.where(lep_veto, 6, np.where(tight, 2, 0))
-    return {
+    fields = {
         "chHEF": ch_h,
         "neHEF": ne_h,
         "chEmEF": ch_em,
         "neEmEF": ne_em,
-        "muEF": x_mu,
+        "muEF": mu_ef,
         "nConstituents": n_const,
         "jetId": jet_id,
     }
+    extra = {f"T_{k}": v for k, v in t.items()}
+    extra.update({f"O_{k}": v for k, v in o.items()})
+    extra.update({f"n_{k}": v for k, v in counts.items()})
+    # the lepton electron's charged-EM pT (the rest of T_ce is conversions)
+    extra["T_e"] = np.where(forward, 0.0, core * lat.x_e_ch[pos] / total)
+    extra["forward"] = forward
+    extra["hf"] = lat.hf[pos]
+    extra["raw"] = raw
+    return fields, extra
 
 
 def attach_leptons(ak4: AK4, n: int, flavour: str, lep_counts: np.ndarray, lep_jet_idx: np.ndarray) -> None:
@@ -322,11 +370,22 @@ def attach_leptons(ak4: AK4, n: int, flavour: str, lep_counts: np.ndarray, lep_j
     name = "Electron" if flavour == "e" else "Muon"
     if flavour == "mu":
         # a muon that was not reconstructed is not a PF muon: its energy counts as charged hadron
-        f = ak4.fields
+        # (outside the tracker: as neutral hadron)
+        f, x = ak4.fields, ak4.extra
         lost = (count == 0) & (f["muEF"] > 0)
-        f["chHEF"] = np.where(lost, f["chHEF"] + f["muEF"], f["chHEF"])
+        fwd = x["forward"] if x else np.zeros(m, bool)
+        f["chHEF"] = np.where(lost & ~fwd, f["chHEF"] + f["muEF"], f["chHEF"])
+        f["neHEF"] = np.where(lost & fwd, f["neHEF"] + f["muEF"], f["neHEF"])
         f["muEF"] = np.where(lost, 0.0, f["muEF"])
         f["jetId"] = np.where(lost & (f["jetId"] == 2) & (f["chEmEF"] < 0.8), 6, f["jetId"])
+        if x:
+            lost_mu = lost & (x["n_mu"] > 0)
+            for key_t, key_n in (("ch", "ch"), ("nh", "nh")):
+                sel = lost_mu & (fwd if key_t == "nh" else ~fwd)
+                x[f"T_{key_t}"] = np.where(sel, x[f"T_{key_t}"] + x["T_mu"], x[f"T_{key_t}"])
+                x[f"n_{key_n}"] = np.where(sel, x[f"n_{key_n}"] + x["n_mu"], x[f"n_{key_n}"])
+            x["T_mu"] = np.where(lost_mu, 0.0, x["T_mu"])
+            x["n_mu"] = np.where(lost_mu, 0, x["n_mu"])
     ak4.fields[f"n{name}s"] = count
     ak4.fields[f"{name.lower()}Idx1"] = idx1
     ak4.fields[f"{name.lower()}Idx2"] = idx2

@@ -1,7 +1,8 @@
 """Branches written by the generator and their NanoAODv12 types.
 
 One place for every branch name and dtype.  Types follow real NanoAODv12 files
-(``tests/data/nano_tt_v12.root``); the collections Photon, FsrPhoton,
+(``tests/data/nano_tt_v12.root``), the opt-in PFNano tables the PFNano file
+``tests/data/pfnano.root``; the collections Photon, FsrPhoton,
 LowPtElectron, Tau and GenVisTau are written empty but present, with the index
 branches NanoAODSchema cross-references, so that coffea's schema is quiet.
 """
@@ -131,6 +132,30 @@ COLLECTIONS: dict[str, dict[str, type]] = {
 }
 EMPTY_COLLECTIONS = ("Photon", "FsrPhoton", "LowPtElectron", "Tau", "GenVisTau")
 
+# PFNano tables (opt-in), names and types as in the PFNano file tests/data/pfnano.root
+PFNANO_COLLECTIONS: dict[str, dict[str, type]] = {
+    "PFCands": {
+        **P4_FIELDS,
+        **_f("d0", "d0Err", "dz", "dzErr", "puppiWeight", "puppiWeightNoLep", "trkChi2", "vtxChi2"),
+        **{k: I4 for k in ("charge", "pdgId", "lostInnerHits", "pvAssocQuality", "trkQuality")},
+    },
+    "JetPFCands": {
+        **_f("pt", "btagEtaRel", "btagPtRatio", "btagPParRatio", "btagSip3dVal", "btagSip3dSig", "btagJetDistVal"),
+        "pFCandsIdx": I4,
+        "jetIdx": I4,
+    },
+    "SV": {
+        **_f("dlen", "dlenSig", "dxy", "dxySig", "pAngle", "chi2", "eta", "mass", "ndof", "phi", "pt", "x", "y", "z"),
+        "ntracks": U1,
+    },
+    "JetSVs": {
+        **_f("mass", "pt", "ntracks", "chi2", "normchi2", "dxy", "dxysig", "d3d", "d3dsig", "costhetasvpv"),
+        **_f("phirel", "ptrel", "deltaR", "enration"),
+        "jetIdx": I4,
+        "sVIdx": I4,
+    },
+}
+
 SCALARS: dict[str, type] = {
     "run": U4,
     "luminosityBlock": U4,
@@ -174,10 +199,15 @@ SCALARS: dict[str, type] = {
 COUNTER_TYPE = I4
 
 
-def branch_types() -> dict[str, type]:
+def collections(pfnano: bool = False) -> dict[str, dict[str, type]]:
+    """Collections written (with the PFNano tables if ``pfnano``)."""
+    return {**COLLECTIONS, **PFNANO_COLLECTIONS} if pfnano else COLLECTIONS
+
+
+def branch_types(pfnano: bool = False) -> dict[str, type]:
     """Flat map of every written branch (collection fields as ``Coll_field``, counters ``nColl``)."""
     out: dict[str, type] = dict(SCALARS)
-    for coll, fields in COLLECTIONS.items():
+    for coll, fields in collections(pfnano).items():
         out[f"n{coll}"] = COUNTER_TYPE
         out.update({f"{coll}_{k}": t for k, t in fields.items()})
     return out

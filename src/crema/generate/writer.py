@@ -12,11 +12,13 @@ from .events import Block, block_to_records, check_process, generate_block, gene
 
 # LZ4 keeps writing fast; the payload is dominated by float32 that zlib barely shrinks
 COMPRESSION = uproot.LZ4(1)
+CHUNK_SIZE = 100_000  # events per written chunk (about 0.8 GB peak memory)
+PFNANO_CHUNK_SIZE = 20_000  # with ~90 PF candidates per event (about 1 GB)
 
 
-def _tree_types() -> dict:
+def _tree_types(pfnano: bool = False) -> dict:
     """Branch types for ``mktree``: dtypes for scalars, jagged record types for collections."""
-    empty = block_to_records(generate_block("dy", 0, seed=0, block=0, mass=800.0))
+    empty = block_to_records(generate_block("dy", 0, seed=0, block=0, mass=800.0, pfnano=pfnano))
     return {k: (v.type.content if isinstance(v, ak.Array) else v.dtype) for k, v in empty.items()}
 
 
@@ -27,28 +29,38 @@ def write_nanoaod(
     *,
     seed: int = 0,
     mass: float = 800.0,
-    chunk_size: int = 100_000,
+    chunk_size: int | None = None,
+    pfnano: bool = False,
 ) -> pathlib.Path:
     """Generate ``n_events`` of ``process`` and write them to ``path`` as NanoAODv12.
 
     Events are generated and written chunk by chunk, so memory stays bounded by
-    ``chunk_size``.  Chunks are whole RNG blocks (``chunk_size`` is rounded down to
-    a multiple of the block size, minimum one block), hence the file content does
-    not depend on ``chunk_size``.  Each collection gets the single ``n<Coll>``
-    int32 counter NanoAODSchema expects.  Returns the path written.
+    ``chunk_size`` (default 100 000 events, 20 000 with ``pfnano``).  Chunks are
+    whole RNG blocks (``chunk_size`` is rounded down to a multiple of the block
+    size, minimum one block), hence the file content does not depend on
+    ``chunk_size``.  Each collection gets the single ``n<Coll>``
+    int32 counter NanoAODSchema expects.  ``pfnano`` adds the PFNano tables
+    (``PFCands``, ``JetPFCands``, ``SV``, ``JetSVs``; every other branch unchanged).
+    Returns the path written.
     """
     check_process(process, mass)
     if n_events < 0:
         raise ValueError("n_events must be >= 0")
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if chunk_size is None:
+        chunk_size = PFNANO_CHUNK_SIZE if pfnano else CHUNK_SIZE
     blocks_per_chunk = max(1, int(chunk_size) // _events.BLOCK_SIZE)
     n_blocks = -(-n_events // _events.BLOCK_SIZE)
     with uproot.recreate(path, compression=COMPRESSION) as f:
-        tree = f.mktree("Events", _tree_types(), counter_name=lambda c: "n" + c)
+        tree = f.mktree("Events", _tree_types(pfnano), counter_name=lambda c: "n" + c)
         for start in range(0, n_blocks, blocks_per_chunk):
             chunk = Block.concatenate(
-                list(generate_blocks(process, n_events, seed=seed, mass=mass, start_block=start, n_blocks=blocks_per_chunk))
+                list(
+                    generate_blocks(
+                        process, n_events, seed=seed, mass=mass, start_block=start, n_blocks=blocks_per_chunk, pfnano=pfnano
+                    )
+                )
             )
             tree.extend(block_to_records(chunk))
     return path
