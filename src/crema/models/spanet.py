@@ -16,6 +16,7 @@ The training-file writer lives in :mod:`crema.processors.spanet_dataset`.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 from collections.abc import Mapping, Sequence
@@ -31,20 +32,24 @@ from crema.models.onnx import OnnxModel, ProviderSpec
 from crema.schema import ConfigError, load_yaml
 
 __all__ = [
-    "NORMALIZATIONS",
     "DEFAULT_TAGS",
+    "NORMALIZATIONS",
+    "Decoded",
+    "EventFile",
     "InputSource",
     "Particle",
-    "EventFile",
-    "parse_event_file",
-    "load_event_file",
+    "SPANet",
+    "assignment_purity",
+    "assignment_targets",
     "builtin_event_file",
+    "decode",
     "event_file_names",
     "jet_features",
+    "load_event_file",
     "met_features",
-    "decode",
-    "Decoded",
-    "SPANet",
+    "network_inputs",
+    "parse_event_file",
+    "shipped_model",
 ]
 
 #: Allowed per-feature normalisations of an event file.
@@ -254,6 +259,17 @@ def builtin_event_file(name_or_path: str | os.PathLike) -> EventFile:
         return load_event_file(p)
 
 
+def shipped_model(name: str) -> Path:
+    """Path of a SPANet ONNX export shipped with crema (``tth_sl``, ``hh_sl``); a path is returned as is."""
+    if Path(name).suffix == ".onnx":
+        return Path(name)
+    resource = _event_dir() / f"{name}.onnx"
+    if not resource.is_file():
+        known = sorted(p.name[:-5] for p in _event_dir().iterdir() if p.name.endswith(".onnx"))
+        raise ConfigError(f"SPANet model {name!r}: not shipped (known: {', '.join(known)}; or give a .onnx path)")
+    return Path(str(resource))
+
+
 # ---------------------------------------------------------------------------
 # input features
 # ---------------------------------------------------------------------------
@@ -330,6 +346,65 @@ def met_features(source: InputSource, met: Mapping[str, np.ndarray]) -> np.ndarr
     return np.stack(cols, axis=-1).astype(np.float32)
 
 
+def network_inputs(arrays: Mapping[str, np.ndarray], event: EventFile) -> dict[str, np.ndarray]:
+    """ONNX feeds (``<input>_data``, ``<input>_mask``) from training-file arrays (``INPUTS/...`` keys).
+
+    The training file holds physical values; ``log_normalize`` features get their ``log(1+x)``
+    here, as the wrapper does for NanoEvents (the standardisation is inside the network).
+    """
+    feeds = {}
+    for src in event.inputs:
+        cols = [_log_if(np.asarray(arrays[f"INPUTS/{src.name}/{feat}"], dtype=np.float32), norm)
+                for feat, norm in src.features]
+        x = np.stack(cols, axis=-1).astype(np.float32)
+        if src.sequential:
+            mask = np.asarray(arrays[f"INPUTS/{src.name}/MASK"], dtype=bool)
+            x = np.where(mask[..., None], x, np.float32(0))
+        else:
+            x = x[:, None, :]
+            mask = np.ones((len(x), 1), dtype=bool)
+        feeds[f"{src.name}_data"], feeds[f"{src.name}_mask"] = x, mask
+    return feeds
+
+
+def assignment_targets(arrays: Mapping[str, np.ndarray], event: EventFile) -> dict[str, np.ndarray]:
+    """Per particle the ``(N, k)`` target jet slots of a training file, symmetric products sorted."""
+    out = {}
+    for p in event.particles:
+        t = np.stack([np.asarray(arrays[f"TARGETS/{p.name}/{q}"]) for q in p.products], axis=1).astype(np.int64)
+        for g in p.groups:
+            t[:, list(g)] = np.sort(t[:, list(g)], axis=1)
+        out[p.name] = t
+    return out
+
+
+def assignment_purity(predicted: Mapping[str, np.ndarray], targets: Mapping[str, np.ndarray],
+                      event: EventFile) -> dict[str, Any]:
+    """Purities of predicted jet slots against targets (both ``(N, k)`` per particle).
+
+    A particle counts where all its products are matched (targets >= 0); it is correct when
+    every product's jet agrees (symmetric products in any order).  ``event``: over events with
+    every particle matched, the fraction with all particles correct.  Also the counts used.
+    """
+    full = np.ones(len(next(iter(targets.values()))), dtype=bool)
+    correct_all = np.ones_like(full)
+    out: dict[str, Any] = {"particles": {}, "counts": {}}
+    for p in event.particles:
+        t, pr = np.array(targets[p.name]), np.array(predicted[p.name])
+        for g in p.groups:
+            t[:, list(g)] = np.sort(t[:, list(g)], axis=1)
+            pr[:, list(g)] = np.sort(pr[:, list(g)], axis=1)
+        matched = (t >= 0).all(axis=1)
+        ok = (t == pr).all(axis=1) & matched
+        full &= matched
+        correct_all &= ok
+        out["particles"][p.name] = float(ok.sum() / matched.sum()) if matched.any() else float("nan")
+        out["counts"][p.name] = int(matched.sum())
+    out["event"] = float((correct_all & full).sum() / full.sum()) if full.any() else float("nan")
+    out["counts"]["event"] = int(full.sum())
+    return out
+
+
 # ---------------------------------------------------------------------------
 # decoder
 # ---------------------------------------------------------------------------
@@ -342,44 +417,52 @@ class Decoded:
     detection: dict[str, np.ndarray]  # (n,) float32, passed through (NaN if not given)
 
 
-def _canonical_scores(prob: np.ndarray, groups: Sequence[Sequence[int]], n_valid: np.ndarray | None) -> np.ndarray:
-    """``(B, N**k)`` scores: symmetrised (max over the permutation group), -inf on invalid tuples.
+@functools.lru_cache(maxsize=64)
+def _candidates(N: int, k: int, groups: tuple[tuple[int, ...], ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The canonical k-tuples of N jets: distinct jets, increasing within each permutation group.
 
-    Invalid: a repeated jet, a padded jet (index >= ``n_valid``), a non-finite
-    or non-positive probability, or a non-canonical ordering (jet indices not
-    increasing within a permutation group) -- so every unordered assignment
-    appears exactly once.
+    Returns their flat indices into the (N,)*k tensor ``(C,)`` in increasing order, the flat
+    indices of every group permutation of them ``(P, C)``, their jets ``(C, k)`` and
+    ``contains`` ``(N, C)`` (jet j is in candidate c).  Each unordered assignment appears once.
     """
-    B = prob.shape[0]
-    k = prob.ndim - 1
-    N = prob.shape[1]
-    p = np.nan_to_num(np.asarray(prob, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    if groups:
-        # why: a model that is only approximately symmetric must not make the decoder order-dependent
-        axes_perms = [list(itertools.permutations(g)) for g in groups]
-        sym = p
-        for choice in itertools.product(*axes_perms):
-            axes = list(range(k))
-            for g, perm in zip(groups, choice):
-                for src, dst in zip(g, perm):
-                    axes[src] = dst
-            if axes != list(range(k)):
-                sym = np.maximum(sym, np.transpose(p, [0] + [a + 1 for a in axes]))
-        p = sym
-    idx = np.indices((N,) * k, sparse=True)
-    valid = np.ones((N,) * k, dtype=bool)
-    for a in range(k):
-        for b in range(a + 1, k):
-            valid = valid & (idx[a] != idx[b])
+    idx = np.indices((N,) * k).reshape(k, -1)
+    valid = np.ones(idx.shape[1], dtype=bool)
+    for a, b in itertools.combinations(range(k), 2):
+        valid &= idx[a] != idx[b]
     for g in groups:
-        for a, b in zip(g[:-1], g[1:]):
-            valid = valid & (idx[a] < idx[b])
-    ok = valid[None] & (p > 0)
+        for a, b in itertools.pairwise(g):
+            valid &= idx[a] < idx[b]
+    flat = np.flatnonzero(valid)
+    jets = idx[:, flat].T.copy()
+    perms = []
+    for choice in itertools.product(*[list(itertools.permutations(g)) for g in groups]):
+        axes = list(range(k))
+        for g, perm in zip(groups, choice):
+            for src, dst in zip(g, perm):
+                axes[src] = dst
+        perms.append(np.ravel_multi_index(tuple(jets[:, a] for a in axes), (N,) * k))
+    contains = np.zeros((N, len(flat)), dtype=bool)
+    for a in range(k):
+        contains[jets[:, a], np.arange(len(flat))] = True
+    return flat, np.array(perms if perms else [flat]), jets, contains
+
+
+def _candidate_scores(prob: np.ndarray, perms: np.ndarray, jets: np.ndarray, n_valid: np.ndarray | None) -> np.ndarray:
+    """``(B, C)`` candidate scores: the maximum over the permutation group (so a slightly asymmetric
+    export cannot make the result order-dependent), -inf where a jet is padding (index >=
+    ``n_valid``) or the probability is not positive and finite."""
+    B = prob.shape[0]
+    prob = np.asarray(prob, dtype=np.float32)
+    p = prob.reshape(B, int(np.prod(prob.shape[1:])))
+    score = None
+    for perm in perms:  # (gathered first: only the candidates are touched)
+        g = np.take(p, perm, axis=1)
+        g[~np.isfinite(g)] = 0.0  # non-finite entries count as zero, as a missing tuple
+        score = g if score is None else np.maximum(score, g)
+    ok = score > 0
     if n_valid is not None:
-        nv = np.asarray(n_valid).reshape((B,) + (1,) * k)
-        for a in range(k):
-            ok = ok & (idx[a][None] < nv)
-    return np.where(ok, p, -np.inf).reshape(B, N**k)
+        ok &= jets.max(axis=1)[None, :] < np.asarray(n_valid).reshape(B, 1)
+    return np.where(ok, score, np.float32(-np.inf))
 
 
 def decode(
@@ -399,47 +482,42 @@ def decode(
     order.  Vectorised over events; loops only over particles.
 
     ``n_jets`` (``(B,)``) marks slots ``>= n_jets`` as padding (never assigned).
+    Valid tuples are distinct, unpadded jets with a positive finite probability;
+    each unordered assignment is scored once (the maximum over its permutation group).
     """
     particles = event.particles
-    B = len(next(iter(assignment.values())))
-    N = next(iter(assignment.values())).shape[1]
-    scores = {p.name: _canonical_scores(assignment[p.name], p.groups, n_jets) for p in particles}
-    k = {p.name: len(p.products) for p in particles}
-    out = {p.name: np.full((B, k[p.name]), -1, dtype=np.int64) for p in particles}
+    first = np.asarray(next(iter(assignment.values())))
+    B, N = first.shape[0], first.shape[1]
+    cands = {p.name: _candidates(N, len(p.products), tuple(tuple(g) for g in p.groups)) for p in particles}
+    scores = {p.name: _candidate_scores(assignment[p.name], cands[p.name][1], cands[p.name][2], n_jets)
+              for p in particles}
+    out = {p.name: np.full((B, len(p.products)), -1, dtype=np.int64) for p in particles}
     probs = {p.name: np.zeros(B, dtype=np.float32) for p in particles}
     done = np.zeros((B, len(particles)), dtype=bool)
-    used = np.zeros((B, N), dtype=bool)
     active = np.ones(B, dtype=bool)
     rows = np.arange(B)
     for _ in particles:
         best = np.full((B, len(particles)), -np.inf, dtype=np.float32)
         arg = np.zeros((B, len(particles)), dtype=np.int64)
         for j, p in enumerate(particles):
-            kk = k[p.name]
-            # a tuple is blocked if any of its jets is already used (any number of products)
-            blocked = np.zeros((B,) + (N,) * kk, dtype=bool)
-            for a in range(kk):
-                shape = [B] + [1] * kk
-                shape[a + 1] = N
-                blocked = blocked | used.reshape(shape)
-            s = np.where(blocked.reshape(B, N**kk), -np.inf, scores[p.name])
-            arg[:, j] = np.argmax(s, axis=1)
-            best[:, j] = s[rows, arg[:, j]]
+            if scores[p.name].shape[1]:
+                arg[:, j] = np.argmax(scores[p.name], axis=1)
+                best[:, j] = scores[p.name][rows, arg[:, j]]
         best[done] = -np.inf
         choice = np.argmax(best, axis=1)
         top = best[rows, choice]
         active &= np.isfinite(top)  # exhausted events stop for good
         for j, p in enumerate(particles):
-            sel = active & (choice == j)
-            if not sel.any():
+            sel = np.flatnonzero(active & (choice == j))
+            if not len(sel):
                 continue
-            flat = arg[sel, j]
-            jets = np.stack(np.unravel_index(flat, (N,) * k[p.name]), axis=1).astype(np.int64)
+            jets = cands[p.name][2][arg[sel, j]]  # (n, k)
             out[p.name][sel] = jets
             probs[p.name][sel] = top[sel]
             done[sel, j] = True
-            r = np.repeat(np.flatnonzero(sel), k[p.name])
-            used[r, jets.ravel()] = True
+            for q in particles:  # a candidate with a used jet is out, for every particle
+                sc = scores[q.name]
+                sc[sel] = np.where(cands[q.name][3][jets].any(axis=1), np.float32(-np.inf), sc[sel])
     det = {
         p.name: (np.asarray(detection[p.name], dtype=np.float32) if detection and p.name in detection else np.full(B, np.nan, np.float32))
         for p in particles
@@ -475,6 +553,9 @@ class SPANet(OnnxModel):
         Its event file: a shipped name (``tth_sl``), a path or an :class:`EventFile`.
     tags:
         Jet field (or constant) of each tag feature; default :data:`DEFAULT_TAGS`.
+    max_jets:
+        Jet slots to pad/clip to when the export's jet axis is dynamic (SPANet's own
+        exporter); must agree with a fixed axis.
     Other keyword arguments go to :class:`~crema.models.onnx.OnnxModel`.
 
     Call it as ``model(jets, met)`` with the selected jets (any order: they are
@@ -495,6 +576,7 @@ class SPANet(OnnxModel):
         providers: str | Sequence[ProviderSpec] | None = None,
         batch_size: int | None = 4096,
         row_block: int = 48,
+        max_jets: int | None = None,
     ) -> None:
         super().__init__(model_path, threads=threads, providers=providers, batch_size=batch_size, row_block=row_block)
         self.event = builtin_event_file(event_file) if not isinstance(event_file, EventFile) else event_file
@@ -513,9 +595,13 @@ class SPANet(OnnxModel):
         missing = [o for o in wanted + list(self.event.regression_names + self.event.classification_names) if o not in outputs]
         if missing:
             raise KeyError(f"SPANet export lacks outputs {missing} of the event file")
-        self.max_jets = shapes[f"{self.event.sequential[0].name}_data"][1]
+        fixed = shapes[f"{self.event.sequential[0].name}_data"][1]
+        if fixed and max_jets is not None and max_jets != fixed:
+            raise ValueError(f"SPANet export has {fixed} jet slots, max_jets={max_jets} was asked for")
+        # SPANet's own exporter leaves the jet axis dynamic: then the caller says how many slots
+        self.max_jets = fixed or max_jets
         if not self.max_jets:
-            raise ValueError("SPANet export: the number of jet slots must be fixed in the ONNX input shape")
+            raise ValueError("SPANet export: the jet axis is dynamic in the ONNX input shape; pass max_jets")
 
     # -- numpy --------------------------------------------------------------
     def inputs(self, jets: Mapping[str, np.ndarray], n_jets: np.ndarray, met: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

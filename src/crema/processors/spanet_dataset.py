@@ -18,18 +18,25 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import awkward as ak
 import numpy as np
 from coffea import processor
 
-from crema.models.spanet import DEFAULT_TAGS, EventFile, InputSource, builtin_event_file, jet_features, met_features
+from crema.models.spanet import (
+    DEFAULT_TAGS,
+    EventFile,
+    InputSource,
+    builtin_event_file,
+    jet_features,
+    met_features,
+)
 from crema.selections.config import load_selection
-from crema.selections.hhbbww import select_objects
+from crema.selections.hhbbww import required_branches, select_objects
 
-__all__ = ["SpanetDataset", "TRUTH", "write_h5", "match_partons"]
+__all__ = ["TRUTH", "SpanetDataset", "SpanetDatasetOptions", "match_partons", "write_h5"]
 
 _HARD, _LAST = 8, 13  # GenPart statusFlags bits: fromHardProcess, isLastCopy
 _LAYOUT_PREFIXES = ("INPUTS/", "TARGETS/", "REGRESSIONS/", "CLASSIFICATIONS/")
@@ -70,6 +77,26 @@ TRUTH_PRODUCTS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 #: Extra lepton targets written besides the event file's jet targets (see docs).
 LEPTON_TARGETS = {"tth_sl": ("lt", "l")}
+
+
+@dataclass(frozen=True)
+class SpanetDatasetOptions:
+    """``processor.options`` of a ``spanet_dataset`` run config (see :class:`SpanetDataset`).
+
+    ``labels``: dataset -> class of the ``signal`` classification; null labels each dataset by
+    its kind in the run config (signal 1, background 0, data -1).
+    """
+
+    event_file: str = "tth_sl"
+    truth: str | None = None
+    labels: dict[str, int] | None = None
+    max_jets: int = 12
+    selection: str = "hhbbww_run3"
+    n_leptons: int = 1
+    min_jets: int = 4
+    met: Literal["PuppiMET", "MET"] = "PuppiMET"
+    tags: dict[str, str | float] | None = None
+    match_dr: float = 0.4
 
 
 def match_partons(jet_eta: np.ndarray, jet_phi: np.ndarray, jet_ok: np.ndarray,
@@ -154,6 +181,28 @@ class SpanetDataset(processor.ProcessorABC):
         self.tags = dict(DEFAULT_TAGS if tags is None else tags)
         self.match_dr = float(match_dr)
 
+    @classmethod
+    def from_options(cls, options: SpanetDatasetOptions, kinds: Mapping[str, str]) -> SpanetDataset:
+        """Build from run-config options; ``kinds`` (dataset -> signal/background/data) gives default labels."""
+        labels = options.labels
+        if labels is None:
+            labels = {name: {"signal": 1, "background": 0}.get(kind, -1) for name, kind in kinds.items()}
+        return cls(options.event_file, labels, truth=options.truth, max_jets=options.max_jets,
+                   selection=options.selection, n_leptons=options.n_leptons, min_jets=options.min_jets,
+                   met=options.met, tags=options.tags, match_dr=options.match_dr)
+
+    def required_branches(self, sample: Any = None) -> dict[str, str]:
+        """Branches this processor reads, each mapped to what needs it."""
+        needs = required_branches(self.selection, self.met)
+        needs[f"{self.met}_sumEt"] = "SPANet MET input (sumet)"
+        for tag in self.tags.values():
+            if isinstance(tag, str):
+                needs[f"Jet_{tag}"] = "SPANet jet tag features"
+        for b in ("Jet_genJetIdx", "GenJet_eta", "GenJet_phi", "GenPart_pdgId", "GenPart_statusFlags",
+                  "GenPart_genPartIdxMother", "GenPart_status", "GenPart_pt", "GenPart_eta", "GenPart_phi"):
+            needs[b] = "SPANet targets and regressions from generator truth"
+        return needs
+
     # -- per chunk ----------------------------------------------------------
     def process(self, events) -> dict:
         """One chunk -> ``{"datasets": {name: [chunk record]}, "processed": {file: entries}}``."""
@@ -218,7 +267,7 @@ class SpanetDataset(processor.ProcessorABC):
                 phi.append(p[:, i])
                 ok.append(exact)
         gj = jets.matched_gen
-        jet_ok = _padded(ak.is_none(gj, axis=1) == False, J, fill=False, dtype=bool)  # noqa: E712
+        jet_ok = _padded(ak.is_none(gj, axis=1) == False, J, fill=False, dtype=bool)
         jet_eta = _padded(ak.fill_none(gj.eta, 0.0, axis=1), J)
         jet_phi = _padded(ak.fill_none(gj.phi, 0.0, axis=1), J)
         matched = match_partons(jet_eta, jet_phi, jet_ok, np.stack(eta, 1) if eta else np.zeros((len(ev), 0)),
