@@ -3,7 +3,9 @@
 Steps for each jet (see docs/corrections.md):
 
 1. undo NanoAOD's correction: ``pt_raw = pt * (1 - rawFactor)`` (same for mass);
-2. apply the era's compound L1L2L3Res correction (inputs read from the correction itself);
+2. apply the era's compound L1L2L3Res correction (inputs read from the correction itself), or,
+   with a ``calibration`` (e.g. the DNN :class:`crema.models.jet_calibration.JetCalibration`),
+   its per-jet factor ``pt / pt_raw`` instead (on data times the era's residual correction);
 3. simulation only: JER hybrid smearing -- scale towards/away from the matched GenJet when
    dR < R/2 and |pt - pt_gen| < 3 sigma_JER pt, else a Gaussian of width sigma_JER sqrt(SF^2 - 1)
    whose random numbers come from correctionlib's counter-based ``HashPRNG`` seeded by
@@ -88,9 +90,16 @@ class JetCorrector:
 
     Construct once (it validates the era's keys); it is picklable and loads the correctionlib file
     lazily, once per process. ``section`` is ``"jets"`` (AK4) or ``"fatjets"`` (AK8).
+
+    ``calibration``: ``None`` (default) for the era's compound JEC, or any picklable callable
+    ``calibration(jets, events)`` returning the factor ``pt / pt_raw`` per jet with the jets'
+    layout (the DNN :class:`crema.models.jet_calibration.JetCalibration`), which then replaces
+    the compound JEC as the nominal calibration; smearing, variations and MET act on top of it.
+    Data get that factor times the era's residual, ``jec_data / jec`` on the raw jet (the
+    L2L3Residual when data and simulation share L1L2L3, as in Summer22).
     """
 
-    def __init__(self, era: EraConfig, section: str = "jets") -> None:
+    def __init__(self, era: EraConfig, section: str = "jets", calibration: Any = None) -> None:
         if section not in _STREAMS:
             raise ValueError(f"section must be one of {', '.join(_STREAMS)}, got {section!r}")
         cfg: JetsConfig | None = getattr(era, section)
@@ -110,6 +119,7 @@ class JetCorrector:
         self._ranges = {name: files.input_ranges(s.corrections[name]) for name in self._keys()
                         if not s.corrections[name].compound}
         self._sources = cfg.sources()
+        self.calibration = calibration
         self._cset: correctionlib.CorrectionSet | None = None
 
     # ------------------------------------------------------------------ public API
@@ -122,8 +132,8 @@ class JetCorrector:
     def correct(self, events: ak.Array, variation: str = NOMINAL) -> ak.Array:
         """The jet collection with corrected ``pt``/``mass`` for ``variation``, sorted by pt.
 
-        Added fields: ``pt_raw``/``mass_raw`` (NanoAOD correction undone), ``pt_jec`` (after JEC,
-        before smearing) and ``pt_orig``/``mass_orig`` (as stored in NanoAOD, for MET propagation).
+        Added fields: ``pt_raw``/``mass_raw`` (NanoAOD correction undone), ``pt_jec`` (after JEC or the
+        ``calibration``, before smearing) and ``pt_orig``/``mass_orig`` (as stored in NanoAOD, for MET propagation).
         Data (events without ``genWeight``) get the data JEC only; every variation returns the
         nominal jets for data, so a processor can loop over variations uniformly.
         """
@@ -140,6 +150,12 @@ class JetCorrector:
         flat = self._flat(events, jer)
         jets = events[self.config.collection]
         return {v: self._build(jets, flat, *self._pt_mass(flat, v)) for v in wanted}
+
+    def jec_factor(self, events: ak.Array) -> np.ndarray:
+        """Flat (collection order) nominal calibration factor ``pt_jec / pt_raw``, before smearing."""
+        flat = self._flat(events, ())
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(flat.pt_raw > 0, flat.pt_jec / flat.pt_raw, 1.0)
 
     def corrected_met(self, events: ak.Array, jets: ak.Array, met: str = "PuppiMET") -> ak.Array:
         """``events[met]`` with ``pt``/``phi`` moved by the jet corrections (type-1 style propagation).
@@ -215,9 +231,14 @@ class JetCorrector:
             raise ConfigError(f"era {self.era_name}: {self.section}.jec_data is not set, so data jets cannot be corrected")
         values = {"JetA": col(jets.area), "JetEta": eta, "JetPhi": phi, "JetPt": flat.pt_raw,
                   "JetMass": flat.mass_raw, "Rho": rho, "run": run}
-        factor = self._evaluate(jec, values, compound=True)
+        if self.calibration is None:
+            factor = self._evaluate(jec, values, compound=True)
+        else:
+            factor = col(self.calibration(jets, events))
+            if not is_mc:  # the residual (data / simulation) on top of the simulation-trained calibration
+                factor = factor * self._evaluate(jec, values, compound=True) / self._evaluate(cfg.jec, values, compound=True)
         flat.pt_jec, flat.mass_jec = flat.pt_raw * factor, flat.mass_raw * factor
-        if is_mc:
+        if is_mc and jer:
             flat.smear = self._smear(events, jets, flat, jer)
         return flat
 

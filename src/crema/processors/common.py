@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
+import awkward as ak
 import hist
+import numpy as np
 
 from crema.schema import ConfigError, from_dict, load_yaml
+
+if TYPE_CHECKING:
+    from crema.corrections.era import EraConfig
+    from crema.corrections.jets import JetCorrector
 
 HISTOGRAM_DIR = Path(__file__).resolve().parent.parent / "configs" / "histograms"
 
@@ -41,6 +47,117 @@ class HistogramSpec:
             raise ConfigError("bins: must be positive")
         if self.stop <= self.start:
             raise ConfigError("stop: must be larger than start")
+
+
+@dataclass(frozen=True)
+class SpanetOptions:
+    """The SPANet model a processor runs: a shipped name (``tth_sl``) or an ``.onnx`` path, and its event file."""
+
+    model: str = "tth_sl"
+    event_file: str = "tth_sl"
+    threads: int = 1
+    providers: list[str] | None = None
+    max_jets: int | None = None  # jet slots, for exports with a dynamic jet axis (SPANet's exporter)
+
+    def build(self, where: str):
+        """The wrapper, built now so a missing model or a contract mismatch fails at start-up."""
+        from crema.models.spanet import SPANet, shipped_model
+
+        try:
+            return SPANet(shipped_model(self.model), self.event_file, threads=self.threads, providers=self.providers,
+                          max_jets=self.max_jets)
+        except (KeyError, ValueError, FileNotFoundError) as err:
+            raise ConfigError(f"{where}.model: {err}") from None
+
+
+@dataclass(frozen=True)
+class JetCalibrationOptions:
+    """The nominal AK4 jet calibration (``corrections.jet_calibration``).
+
+    ``method``: ``correctionlib`` (the era's compound L1L2L3Res JEC) or ``dnn`` (pt = pt_raw x the
+    factor of a trained calibration, :class:`crema.models.jet_calibration.JetCalibration`, mass
+    scaled alike). ``model`` (``dnn`` only): a shipped model (``deepsets_generated`` needs PFNano
+    inputs, ``jet_only_generated`` plain NanoAOD) or a model directory. ``threads``,
+    ``providers``, ``batch_size``: how onnxruntime runs it.
+    """
+
+    method: Literal["correctionlib", "dnn"] = "correctionlib"
+    model: str | None = None
+    threads: int = 1
+    providers: list[str] | None = None
+    batch_size: int = 1024
+
+    def validate(self) -> None:
+        if self.method == "dnn" and not self.model:
+            raise ConfigError("model: method dnn needs a model (a shipped name or a model directory)")
+        if self.method != "dnn" and self.model is not None:
+            raise ConfigError(f"model: only used by method dnn (method is {self.method})")
+        if self.threads < 1:
+            raise ConfigError("threads: must be >= 1")
+        if self.batch_size < 1:
+            raise ConfigError("batch_size: must be >= 1")
+
+    def build(self, where: str):
+        """The DNN wrapper (``None`` for correctionlib), built now so a bad model fails at start-up."""
+        if self.method != "dnn":
+            return None
+        from crema.models.jet_calibration import JetCalibration, shipped_model
+
+        try:
+            return JetCalibration(shipped_model(self.model), threads=self.threads, providers=self.providers,
+                                  batch_size=self.batch_size)
+        except (ValueError, KeyError, FileNotFoundError) as err:  # ConfigError is a ValueError
+            raise ConfigError(f"{where}.model: {err}") from None
+
+
+@dataclass(frozen=True)
+class JetCorrectionOptions:
+    """AK4 jet corrections: ``jets`` switches them on (calibration, JER smearing and its variations,
+    MET propagation), ``jet_calibration`` chooses the nominal calibration."""
+
+    jets: bool = True
+    jet_calibration: JetCalibrationOptions = field(default_factory=JetCalibrationOptions)
+
+    def validate(self) -> None:
+        if not self.jets and self.jet_calibration.method != "correctionlib":
+            raise ConfigError("jet_calibration: jets are not corrected (jets: false), so no calibration runs")
+
+    def jet_corrector(self, era: EraConfig, where: str) -> JetCorrector | None:
+        """The AK4 :class:`~crema.corrections.jets.JetCorrector` (``None`` when ``jets`` is off)."""
+        if not self.jets:
+            return None
+        from crema.corrections.jets import JetCorrector
+
+        return JetCorrector(era, "jets", calibration=self.jet_calibration.build(f"{where}.jet_calibration"))
+
+
+def jet_correction_branches(corrector: JetCorrector | None, sample: SampleInfo) -> dict[str, str]:
+    """Branches the jet corrections read for ``sample`` -> what needs them (none without a corrector)."""
+    if corrector is None:
+        return {}
+    why = "jet energy corrections (processor.options.corrections.jets)"
+    needs = {b: why for b in ("Jet_rawFactor", "Jet_area", f"Rho_{corrector.config.rho}")}
+    if sample.is_mc:
+        needs["Jet_genJetIdx"] = needs["GenJet_pt"] = "jet energy resolution smearing"
+    else:
+        needs["run"] = "data jet energy corrections"
+    needs["luminosityBlock"] = needs["event"] = "JER random numbers seeded per event"
+    if corrector.calibration is not None:
+        where = "processor.options.corrections.jet_calibration"
+        needs.update({b: f"{reason} ({where})" for b, reason in corrector.calibration.required_branches().items()})
+    return needs
+
+
+def correct_events(corrector: JetCorrector | None, events: ak.Array, variations: list[str], met: str) -> dict[str, ak.Array]:
+    """Events with corrected jets and ``met`` per jet variation (``nominal`` first); ``{"nominal": events}``
+    without a corrector."""
+    if corrector is None:
+        return {"nominal": events}
+    variants = {}
+    for variation, jets in corrector.correct_all(events, ["nominal", *variations]).items():
+        corrected = ak.with_field(events, jets, "Jet")
+        variants[variation] = ak.with_field(corrected, corrector.corrected_met(events, jets, met), met)
+    return variants
 
 
 def load_histogram_specs(name_or_path: str | Path) -> dict[str, HistogramSpec]:
@@ -86,6 +203,49 @@ def scale_dataset(h: hist.Hist, dataset: str, factor: float) -> None:
     slicer = tuple(index if ax.name == "dataset" else slice(None) for ax in h.axes)
     view.value[slicer] *= factor
     view.variance[slicer] *= factor**2
+
+
+def normalise_output(out: dict, samples: dict[str, SampleInfo], luminosity_fb: float) -> dict:
+    """Scale each simulated dataset's histograms and weighted cutflow to xsec x luminosity (in place).
+
+    Adds ``cutflow_yield`` (weighted cutflow x scale), ``scale`` and ``luminosity_fb``.
+    """
+    scales = {ds: normalisation(samples[ds], sumw, luminosity_fb) for ds, sumw in out["sumw"].items()}
+    for h in out["histograms"].values():
+        for ds, factor in scales.items():
+            scale_dataset(h, ds, factor)
+    out["cutflow_yield"] = {
+        ds: {ch: {cut: w * scales[ds] for cut, w in cuts.items()} for ch, cuts in chans.items()}
+        for ds, chans in out["cutflow_weighted"].items()
+    }
+    out["scale"] = scales
+    out["luminosity_fb"] = luminosity_fb
+    return out
+
+
+def fill_histograms(hists: dict, value, dataset: str, channel: str, systematic: str, weight,
+                    regions: dict) -> None:
+    """Fill every booked observable per region; ``value(name)`` gives float64 per event (NaN: not filled)."""
+    for name, h in hists.items():
+        values = value(name)
+        valid = np.isfinite(values)
+        for region, in_region in regions.items():
+            m = valid & in_region
+            if m.any():
+                h.fill(dataset=dataset, channel=channel, region=region, systematic=systematic,
+                       weight=weight[m], **{name: values[m]})
+
+
+def fill_cutflow(out: dict, dataset: str, channel: str, selection, cuts: list[str], weight) -> None:
+    """Record the cumulative event counts and weighted sums of ``cuts`` (a coffea PackedSelection)."""
+    counts = {"all events": len(weight)}
+    sums = {"all events": float(weight.sum())}
+    for i, cut in enumerate(cuts):
+        mask = selection.all(*cuts[: i + 1])
+        counts[cut] = int(mask.sum())
+        sums[cut] = float(weight[mask].sum())
+    out["cutflow"].setdefault(dataset, {})[channel] = counts
+    out["cutflow_weighted"].setdefault(dataset, {})[channel] = sums
 
 
 def normalisation(info: SampleInfo, sumw: float, luminosity_fb: float) -> float:

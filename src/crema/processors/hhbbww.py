@@ -16,11 +16,16 @@ from crema.corrections.era import EraConfig
 
 NOMINAL = "nominal"
 from crema.processors.common import (
+    JetCorrectionOptions,
     SampleInfo,
+    SpanetOptions,
     book,
+    correct_events,
+    fill_cutflow,
+    fill_histograms,
+    jet_correction_branches,
     load_histogram_specs,
-    normalisation,
-    scale_dataset,
+    normalise_output,
 )
 from crema.schema import ConfigError
 from crema.selections import hhbbww as sel
@@ -40,15 +45,17 @@ class DeepHMEOptions:
 
 
 @dataclass(frozen=True)
-class CorrectionOptions:
+class CorrectionOptions(JetCorrectionOptions):
     """Which corrections run (files and keys come from the era).
 
-    ``jets``: JEC + JER on AK4 jets, propagated to MET; ``weights``: pileup and lepton (and b-tag,
-    where the era has scale factors) weights; ``systematics``: also fill every JES/JER shape
-    variation and weight variation on the histogram's systematic axis (off for quick runs).
+    ``jets``: JEC + JER on AK4 jets, propagated to MET; ``jet_calibration``: the nominal
+    calibration, ``{method: correctionlib}`` (default, the era's L1L2L3Res) or ``{method: dnn,
+    model: deepsets_generated, threads: 1}`` (pt_raw x the DNN factor, JER and JES variations on
+    top; see :class:`~crema.processors.common.JetCalibrationOptions`); ``weights``: pileup and
+    lepton (and b-tag, where the era has scale factors) weights; ``systematics``: also fill every
+    JES/JER shape variation and weight variation on the histogram's systematic axis (off for quick runs).
     """
 
-    jets: bool = True
     weights: bool = True
     systematics: bool = True
     jes_sources: list[str] | None = None  # None: the era's (regrouped) set
@@ -59,6 +66,9 @@ class HHbbWWOptions:
     """Processor options (the ``processor.options`` block of a run config).
 
     ``deephme``: null (default) runs no model; a mapping runs DeepHME on the selected events.
+    ``spanet``: null (default) takes the H->bb jets as the two highest b-score jets; a mapping
+    (e.g. ``{model: hh_sl, event_file: hh_sl}``) takes them from SPANet's ``h`` assignment in the
+    single-lepton channel (``m_bb``, ``spanet_h_detection``).
     ``corrections``: null (default) applies none; a mapping applies the era's corrections.
     """
 
@@ -67,6 +77,7 @@ class HHbbWWOptions:
     met: Literal["PuppiMET", "MET"] = "PuppiMET"
     channels: list[str] = field(default_factory=lambda: ["sl", "dl"])
     deephme: DeepHMEOptions | None = None
+    spanet: SpanetOptions | None = None
     corrections: CorrectionOptions | None = None
 
     def validate(self) -> None:
@@ -99,7 +110,11 @@ class _Event:
     def collection(self, name: str) -> ak.Array:
         if name == "bjet":
             if self._bjets is None:
-                self._bjets = by_score(self.objects.jets, self.btag_score)
+                if "spanet" in self.inferred:  # SPANet's H->bb jets (none where it assigned none)
+                    h = self.inferred["spanet"].h
+                    self._bjets = self.objects.jets[h[h >= 0]]
+                else:
+                    self._bjets = by_score(self.objects.jets, self.btag_score)
             return self._bjets
         return {"lep": self.objects.leptons, "jet": self.objects.jets, "fatjet": self.objects.fatjets}[name]
 
@@ -138,17 +153,19 @@ OBSERVABLES: dict[str, Callable[[_Event], np.ndarray]] = {
     "jet2_pt": lambda e: e.field("jet", "pt")[:, 1],
     "fatjet1_pt": lambda e: e.field("fatjet", "pt")[:, 0],
     "m_ll": lambda e: e.pair_mass("lep"),
-    "m_bb": lambda e: e.pair_mass("bjet"),  # the two highest b-score central jets
+    "m_bb": lambda e: e.pair_mass("bjet"),  # the two highest b-score central jets, or SPANet's h jets
     "met_pt": lambda e: _numpy(e.objects.met.pt),
     "n_jets": lambda e: _numpy(ak.num(e.objects.jets, axis=1)),
     "n_bjets": lambda e: _numpy(ak.num(e.objects.bjets, axis=1)),
     "n_fatjets": lambda e: _numpy(ak.num(e.objects.fatjets, axis=1)),
     "hme_mass": lambda e: _numpy(e.inferred["hme"].mass),
     "hme_mass_error": lambda e: _numpy(e.inferred["hme"].mass_error),
+    "spanet_h_detection": lambda e: (_numpy(e.inferred["spanet"].h_detection) if "spanet" in e.inferred
+                                     else np.full(len(e.objects.jets), np.nan)),
 }
 
 # observables that exist only when a model runs: observable -> model option
-MODEL_OBSERVABLES = {"hme_mass": "deephme", "hme_mass_error": "deephme"}
+MODEL_OBSERVABLES = {"hme_mass": "deephme", "hme_mass_error": "deephme", "spanet_h_detection": "spanet"}
 
 
 def _axis_name(variation: str) -> str:
@@ -194,6 +211,7 @@ class HHbbWWProcessor(processor.ProcessorABC):
             )
         self.channels = [ch for ch in options.channels if ch in self.selection.channels]
         self.hme = self._deephme(options.deephme) if options.deephme is not None else None
+        self.spanet = self._spanet(options.spanet) if options.spanet is not None else None
         self.jet_corrector, self.event_weights = self._corrections(options.corrections, era)
         self.shape_variations = self._shape_variations(options.corrections)
         weight_variations = (self.event_weights.variations if self.event_weights is not None
@@ -205,10 +223,9 @@ class HHbbWWProcessor(processor.ProcessorABC):
         """Build the jet corrector and event weights once (validating the era's files and keys)."""
         if opts is None:
             return None, None
-        from crema.corrections.jets import JetCorrector
         from crema.corrections.weights import EventWeights
 
-        corrector = JetCorrector(era, "jets") if opts.jets else None
+        corrector = opts.jet_corrector(era, "processor.options.corrections")
         weights = EventWeights(era, self.selection.btag) if opts.weights else None
         return corrector, weights
 
@@ -227,6 +244,15 @@ class HHbbWWProcessor(processor.ProcessorABC):
                                   f"(the era has: {', '.join(sorted(known))})")
             variations = [v for v in variations if source(v) is None or source(v) in opts.jes_sources]
         return variations
+
+    def _spanet(self, opts: SpanetOptions):
+        """The SPANet wrapper for the SL channel's H->bb jets (fails at start-up if unusable)."""
+        if "sl" not in self.channels:
+            raise ConfigError("processor.options.spanet: SPANet H->bb jets need the sl channel")
+        model = opts.build("processor.options.spanet")
+        if "h" not in {p.name for p in model.event.particles}:
+            raise ConfigError(f"processor.options.spanet.event_file: no particle 'h' (H->bb) in {opts.event_file!r}")
+        return model
 
     def _deephme(self, opts: DeepHMEOptions) -> dict[str, Any]:
         """One DeepHME wrapper per channel, built now so a bad model name fails at start-up."""
@@ -255,16 +281,11 @@ class HHbbWWProcessor(processor.ProcessorABC):
             # btagPNetCvNotB is absent from NanoAODv12; the wrapper substitutes it
             needs.update({f"Jet_{f}": "DeepHME jet inputs" for f in JET_FIELDS if f != "btagPNetCvNotB"})
             needs.update({f"FatJet_{f}": "DeepHME fat-jet inputs" for f in FATJET_FIELDS})
+        if self.spanet is not None:
+            needs.update({f"Jet_{t}": "SPANet jet inputs" for t in self.spanet.tags.values() if isinstance(t, str)})
         if sample.is_mc:
             needs["genWeight"] = "event weights (simulated datasets)"
-        if self.jet_corrector is not None:
-            for b in ("Jet_rawFactor", "Jet_area", f"Rho_{self.jet_corrector.config.rho}"):
-                needs[b] = "jet energy corrections (processor.options.corrections.jets)"
-            if sample.is_mc:
-                needs["Jet_genJetIdx"] = needs["GenJet_pt"] = "jet energy resolution smearing"
-            if not sample.is_mc:
-                needs["run"] = "data jet energy corrections"
-            needs["luminosityBlock"] = needs["event"] = "JER random numbers seeded per event"
+        needs.update(jet_correction_branches(self.jet_corrector, sample))
         if self.event_weights is not None and sample.is_mc and self.event_weights.pileup is not None:
             needs["Pileup_nTrueInt"] = "pileup weight (processor.options.corrections.weights)"
         return needs
@@ -303,7 +324,7 @@ class HHbbWWProcessor(processor.ProcessorABC):
             for channel in self.channels:
                 selection, cuts = sel.channel_selection(objects, channel, self.selection.channels[channel])
                 if systematic == NOMINAL:
-                    self.fill_cutflow(out, dataset, channel, selection, cuts, weights)
+                    fill_cutflow(out, dataset, channel, selection, cuts, weights.weight())
                 mask = selection.all(*cuts)
                 if systematic == NOMINAL:
                     passed_any |= mask
@@ -328,17 +349,7 @@ class HHbbWWProcessor(processor.ProcessorABC):
         output first, so a run whose chunks were all skipped still gives complete (empty) results.
         """
         out = processor.accumulate([self.empty_output(), accumulator or {}])
-        scales = {ds: normalisation(self.samples[ds], sumw, self.luminosity_fb) for ds, sumw in out["sumw"].items()}
-        for h in out["histograms"].values():
-            for ds, factor in scales.items():
-                scale_dataset(h, ds, factor)
-        out["cutflow_yield"] = {
-            ds: {ch: {cut: w * scales[ds] for cut, w in cuts.items()} for ch, cuts in chans.items()}
-            for ds, chans in out["cutflow_weighted"].items()
-        }
-        out["scale"] = scales
-        out["luminosity_fb"] = self.luminosity_fb
-        return out
+        return normalise_output(out, self.samples, self.luminosity_fb)
 
     # ------------------------------------------------------------------ steps
     def select(self, events: ak.Array, nominal: sel.Objects | None = None) -> sel.Objects:
@@ -353,21 +364,16 @@ class HHbbWWProcessor(processor.ProcessorABC):
 
         Without jet corrections this is ``{"nominal": events}``; data get no shape variations.
         """
-        if self.jet_corrector is None:
-            return {NOMINAL: events}
-        wanted = [NOMINAL, *(self.shape_variations if sample.is_mc else [])]
-        met = self.options.met
-        variants = {}
-        for variation, jets in self.jet_corrector.correct_all(events, wanted).items():
-            corrected = ak.with_field(events, jets, "Jet")
-            variants[variation] = ak.with_field(corrected, self.jet_corrector.corrected_met(events, jets, met), met)
-        return variants
+        return correct_events(self.jet_corrector, events, self.shape_variations if sample.is_mc else [],
+                              self.options.met)
 
     def infer(self, channel: str, events: ak.Array, objects: sel.Objects) -> dict[str, ak.Array]:
         """Model outputs for the selected events of ``channel`` (crema.models), by model name."""
         inferred = {}
         if self.hme is not None:
             inferred["hme"] = self.hme[channel](events.event, objects.leptons, objects.jets, objects.fatjets, objects.met)
+        if self.spanet is not None and channel == "sl":
+            inferred["spanet"] = self.spanet(objects.jets, objects.met)
         return inferred
 
     def weights(self, events: ak.Array, sample: SampleInfo, objects: sel.Objects) -> Weights:
@@ -388,25 +394,6 @@ class HHbbWWProcessor(processor.ProcessorABC):
         out["btag_efficiency"][dataset] = fill_efficiency(
             efficiency_histogram(), objects.jets[passed], self.selection.btag.score, self.btag_threshold, sign)
 
-    @staticmethod
-    def fill_cutflow(out, dataset, channel, selection, cuts, weights) -> None:
-        w = weights.weight()
-        counts = {"all events": len(w)}
-        sums = {"all events": float(w.sum())}
-        for i, cut in enumerate(cuts):
-            mask = selection.all(*cuts[: i + 1])
-            counts[cut] = int(mask.sum())
-            sums[cut] = float(w[mask].sum())
-        out["cutflow"].setdefault(dataset, {})[channel] = counts
-        out["cutflow_weighted"].setdefault(dataset, {})[channel] = sums
-
     def fill(self, hists, dataset, channel, systematic, event: _Event, weight, regions) -> None:
         """Fill every booked observable for the selected events of one channel, per region."""
-        for name, h in hists.items():
-            values = event.value(name)
-            valid = np.isfinite(values)
-            for region, in_region in regions.items():
-                m = valid & in_region
-                if m.any():
-                    h.fill(dataset=dataset, channel=channel, region=region, systematic=systematic,
-                           weight=weight[m], **{name: values[m]})
+        fill_histograms(hists, event.value, dataset, channel, systematic, weight, regions)

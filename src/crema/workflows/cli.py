@@ -13,9 +13,10 @@ from rich.console import Console
 
 from crema.schema import ConfigError
 from crema.workflows.config import Config, dump_config, load_config
-from crema.workflows.run import InputError, run
+from crema.workflows.run import InputError, generate_inputs, run
 
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEMO_CONFIGS = {"hhbbww": CONFIG_DIR / "demo.yaml", "tth": CONFIG_DIR / "demo_tth.yaml"}
 console = Console(stderr=True)
 
 
@@ -78,24 +79,17 @@ def run_and_write(config: Config, outdir: Path, plots: bool = True) -> dict:
 
 def cmd_run(args: argparse.Namespace) -> None:
     config = load_config(args.config).with_executor(**_executor_overrides(args))
-    run_and_write(config, Path(args.output or config.output), plots=not args.no_plots)
+    outdir = Path(args.output or config.output)
+    # datasets given as a generator spec (no files) are generated next to the outputs
+    config = generate_inputs(config, outdir / "samples", log=console.print, only_missing=True)
+    run_and_write(config, outdir, plots=not args.no_plots)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from crema.generate import write_nanoaod
-
-    outdir = Path(args.output).resolve()
-    config = load_config(DEMO_CONFIG).with_executor(**_executor_overrides(args))
-    datasets = []
-    for d in config.datasets:
-        g = d.generate
-        path = outdir / "samples" / f"{d.name}.root"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        n = max(1, int(g.events * args.scale))
-        console.print(f"generating {n} {g.process} events -> {path}")
-        write_nanoaod(path, g.process, n, seed=g.seed, mass=g.mass)
-        datasets.append(replace(d, files=[str(path)], generate=replace(g, events=n)))
-    run_and_write(replace(config, datasets=datasets), outdir, plots=not args.no_plots)
+    outdir = Path(args.output or f"crema-demo{'' if args.analysis == 'hhbbww' else '-' + args.analysis}").resolve()
+    config = load_config(DEMO_CONFIGS[args.analysis]).with_executor(**_executor_overrides(args))
+    config = generate_inputs(config, outdir / "samples", args.scale, console.print)
+    run_and_write(config, outdir, plots=not args.no_plots)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -103,8 +97,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     if args.process not in PROCESSES:
         raise ConfigError(f"unknown process {args.process!r} (known: {', '.join(PROCESSES)})")
-    path = write_nanoaod(args.output, args.process, args.events, seed=args.seed, mass=args.mass)
-    console.print(f"wrote {args.events} {args.process} events to {path}")
+    path = write_nanoaod(args.output, args.process, args.events, seed=args.seed, mass=args.mass, pfnano=args.pfnano)
+    tables = " with PFNano constituents" if args.pfnano else ""
+    console.print(f"wrote {args.events} {args.process} events{tables} to {path}")
 
 
 def cmd_btag_eff(args: argparse.Namespace) -> None:
@@ -159,7 +154,9 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="generate a small signal+background sample and run the HH->bbWW analysis")
-    d.add_argument("-o", "--output", default="crema-demo", help="output directory (default: crema-demo)")
+    d.add_argument("-o", "--output", help="output directory (default: crema-demo, crema-demo-tth)")
+    d.add_argument("--analysis", choices=sorted(DEMO_CONFIGS), default="hhbbww",
+                   help="hhbbww (DeepHME, corrections, systematics) or tth (SPANet)")
     d.add_argument("--scale", type=float, default=1.0, help="scale the number of generated events")
     d.add_argument("--no-plots", action="store_true")
     _add_executor_options(d)
@@ -178,6 +175,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("-o", "--output", required=True, help="output ROOT file")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--mass", type=float, default=800.0, help="resonance mass for hh_* (GeV)")
+    g.add_argument("--pfnano", action="store_true",
+                   help="also write PFNano tables: AK4 jet constituents (PFCands, JetPFCands) and secondary vertices (SV, JetSVs)")
     g.set_defaults(func=cmd_generate)
 
     b = sub.add_parser("btag-eff", help="b-tag efficiency maps (pt x |eta| x flavour) from simulation, as correctionlib JSON")
@@ -195,7 +194,152 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--process", help="with --systematic: one process (default: all backgrounds summed)")
     pl.add_argument("--observable", nargs="+", help="only these observables")
     pl.set_defaults(func=cmd_plot)
+    _spanet_commands(sub)
+    _calibration_commands(sub)
     return p
+
+
+def cmd_spanet_dataset(args: argparse.Namespace) -> None:
+    from crema.workflows.spanet import dataset_config, dataset_summary, write_dataset
+
+    config = dataset_config(args.config).with_executor(**_executor_overrides(args))
+    start = time.perf_counter()
+    output, report = write_dataset(config, args.output, scale=args.scale, workdir=args.samples, log=console.print)
+    for line in report.lines():
+        console.print(f"[yellow]warning:[/] {line}")
+    for name, s in dataset_summary(output).items():
+        matched = ", ".join(f"{p} {f:.2f}" for p, f in s["matched"].items())
+        console.print(f"{name}: {s['events']} events (fully matched: {matched})")
+    console.print(f"wrote {len(output['event'])} events to {args.output} in {time.perf_counter() - start:.1f} s")
+
+
+def cmd_spanet_train(args: argparse.Namespace) -> None:
+    from crema.models.spanet_train import load_train_config, train
+
+    config = load_train_config(args.config)
+    start = time.perf_counter()
+    path = train(args.h5, args.event_file, args.output, config, log=console.print)
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) in {time.perf_counter() - start:.0f} s")
+
+
+def cmd_spanet_report(args: argparse.Namespace) -> None:
+    from crema.schema import load
+    from crema.workflows.spanet import REPORT_CONFIG, ReportConfig, spanet_report
+
+    config = load(ReportConfig, args.config or REPORT_CONFIG)
+    if args.model:
+        config = replace(config, model=args.model)
+    if args.events:
+        config = replace(config, events=args.events)
+    result = spanet_report(config, args.output, log=console.print)
+    print("\n".join(result["table"]))
+    console.print(f"wrote {Path(args.output) / 'spanet_report.json'}")
+
+
+def _spanet_commands(sub) -> None:
+    s = sub.add_parser("spanet-dataset", help="SPANet HDF5 training file from NanoAOD (default: generated ttH + ttbar SL)")
+    s.add_argument("config", nargs="?", help="run config with processor spanet_dataset (default: the shipped ttH one)")
+    s.add_argument("-o", "--output", required=True, help="output .h5 file")
+    s.add_argument("--scale", type=float, default=1.0, help="scale the number of generated events")
+    s.add_argument("--samples", help="keep generated NanoAOD files in this folder (default: a temporary one)")
+    _add_executor_options(s)
+    s.set_defaults(func=cmd_spanet_dataset)
+
+    t = sub.add_parser("spanet-train", help="train crema's SPANet-style network on a training file and export ONNX")
+    t.add_argument("h5", help="training file (crema spanet-dataset)")
+    t.add_argument("-o", "--output", required=True, help="output .onnx file")
+    t.add_argument("--event-file", default="tth_sl", help="shipped event file name or path (default: tth_sl)")
+    t.add_argument("--config", help="training YAML (TrainConfig fields; default: the shipped models' settings)")
+    t.set_defaults(func=cmd_spanet_train)
+
+    r = sub.add_parser("spanet-report", help="purity of a SPANet model vs the chi-square baseline on held-out events")
+    r.add_argument("-o", "--output", default="spanet-report", help="output folder (default: spanet-report)")
+    r.add_argument("--config", help="report YAML (default: the shipped ttH one)")
+    r.add_argument("--model", help="model name or .onnx path (overrides the config)")
+    r.add_argument("--events", type=int, help="held-out events per signal dataset (overrides the config)")
+    r.set_defaults(func=cmd_spanet_report)
+
+
+def cmd_calib_dataset(args: argparse.Namespace) -> None:
+    from crema.processors.jet_calib_dataset import prepare_output
+    from crema.workflows.calibration import make_dataset
+    from crema.workflows.run import generate_inputs
+
+    config = load_config(args.config).with_executor(**_executor_overrides(args))
+    outdir = prepare_output(args.output, args.overwrite)  # before generating any sample
+    config = generate_inputs(config, outdir / "samples", log=console.print, only_missing=True)
+    start = time.perf_counter()
+    result = make_dataset(config, args.calibration, outdir, log=console.print)
+    console.print(f"wrote {result['total']} jets in {len(result['shards'])} shards to {outdir} in {time.perf_counter() - start:.1f} s")
+
+
+def cmd_calib_transform(args: argparse.Namespace) -> None:
+    from crema.workflows.calibration import make_transform
+
+    path = make_transform(args.directory, args.config, max_jets=args.max_jets)
+    console.print(f"wrote {path}")
+
+
+def cmd_calib_train(args: argparse.Namespace) -> None:
+    from crema.workflows.calibration import train_model
+
+    start = time.perf_counter()
+    result = train_model(args.config, args.output, data=args.data, transform=args.transform, log=console.print,
+                         epochs=args.epochs, threads=args.threads, max_jets=args.max_jets)
+    console.print(f"wrote {', '.join(p.name for p in result['paths'].values())} to {args.output} "
+                  f"(best epoch {result['best_epoch']}) in {time.perf_counter() - start:.0f} s")
+
+
+def cmd_calib_report(args: argparse.Namespace) -> None:
+    from crema.workflows.calibration import calib_report, report_table
+
+    start = time.perf_counter()
+    report = calib_report(args.model, args.output, samples=args.samples, scale=args.scale, seed_offset=args.seed_offset,
+                          workdir=args.keep_samples, threads=args.threads, executor=_executor_overrides(args),
+                          plots=not args.no_plots, log=console.print)
+    print("\n".join(report_table(report)))
+    console.print(f"wrote {Path(args.output) / 'calib_report.json'} in {time.perf_counter() - start:.0f} s")
+
+
+def _calibration_commands(sub) -> None:
+    c = sub.add_parser("calib-dataset", help="jet calibration training shards (gen-matched jets, features, constituents)")
+    c.add_argument("config", help="run config naming the (simulated) datasets; its datasets and executor are used")
+    c.add_argument("-o", "--output", required=True, help="output directory (data.yaml, shards/)")
+    c.add_argument("--calibration", default="deepsets",
+                   help="calibration master config: its dataset and features sections (shipped name or path; default: deepsets)")
+    c.add_argument("--overwrite", action="store_true", help="replace a dataset already in the output directory")
+    _add_executor_options(c)
+    c.set_defaults(func=cmd_calib_dataset)
+
+    t = sub.add_parser("calib-transform", help="fit the feature transform of a calibration dataset (DIR/transform.yaml)")
+    t.add_argument("directory", help="calibration dataset directory (crema calib-dataset)")
+    t.add_argument("--config", help="master or features config (default: the features the dataset was written with)")
+    t.add_argument("--max-jets", type=int, default=2_000_000, help="fit on at most this many jets (default: 2000000)")
+    t.set_defaults(func=cmd_calib_transform)
+
+    r = sub.add_parser("calib-train", help="train a jet calibration; writes model.onnx, checkpoint.pt, config.yaml, transform.yaml")
+    r.add_argument("config", help="calibration master config (shipped name deepsets/jet_only, or path)")
+    r.add_argument("-o", "--output", required=True, help="model directory")
+    r.add_argument("--data", help="calibration dataset directory (default: the config's training.data)")
+    r.add_argument("--transform", help="transform.yaml to use (default: DATA/transform.yaml if it fits, else fitted)")
+    r.add_argument("--epochs", type=int, help="override training.epochs")
+    r.add_argument("--threads", type=int, help="override training.threads")
+    r.add_argument("--max-jets", type=int, help="override training.max_jets (use at most this many jets)")
+    r.set_defaults(func=cmd_calib_train)
+
+    e = sub.add_parser("calib-report", help="resolution and flavour response of a jet calibration vs raw, JEC and PNet "
+                                            "on held-out jets (JSON and plots)")
+    e.add_argument("model", nargs="?", help="model directory or shipped name (default: deepsets_generated)")
+    e.add_argument("-o", "--output", default="calib-report", help="output folder (default: calib-report)")
+    e.add_argument("--samples", help="run config of the held-out datasets (default: the shipped models' generated "
+                                     "samples, regenerated with seed + --seed-offset)")
+    e.add_argument("--scale", type=float, default=0.1, help="scale the generated datasets' events (default: 0.1)")
+    e.add_argument("--seed-offset", type=int, default=1000, help="added to the generator seeds (default: 1000)")
+    e.add_argument("--keep-samples", help="write the generated files to this folder (default: a temporary one)")
+    e.add_argument("--threads", type=int, default=1, help="onnxruntime threads of the DNN (default: 1)")
+    e.add_argument("--no-plots", action="store_true")
+    _add_executor_options(e)
+    e.set_defaults(func=cmd_calib_report)
 
 
 def main(argv: list[str] | None = None) -> int:

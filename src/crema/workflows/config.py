@@ -21,6 +21,7 @@ class GenerateSpec:
     events: int
     seed: int = 0
     mass: float = 800.0
+    pfnano: bool = False  # also write the PFNano constituent tables (PFCands, JetPFCands, SV, JetSVs)
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ class ExecutorConfig:
 class ProcessorConfig:
     """Which processor runs and its options (validated by the processor's own schema)."""
 
-    name: Literal["hhbbww"] = "hhbbww"
+    name: Literal["hhbbww", "tth", "spanet_dataset"] = "hhbbww"
     options: dict[str, Any] = field(default_factory=dict)
 
 

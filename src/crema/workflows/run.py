@@ -7,7 +7,8 @@ import warnings
 import zlib
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import uproot
@@ -16,10 +17,18 @@ from coffea.nanoevents import NanoAODSchema
 
 from crema.corrections.era import load_era
 from crema.processors.hhbbww import HHbbWWOptions, HHbbWWProcessor
+from crema.processors.spanet_dataset import SpanetDataset, SpanetDatasetOptions
+from crema.processors.tth import TTHOptions, TTHProcessor
 from crema.schema import from_dict
 from crema.workflows.config import Config, ExecutorConfig, JobQueue
 
-PROCESSORS = {"hhbbww": (HHbbWWProcessor, HHbbWWOptions)}
+# processor name -> (options schema, how to build it from options and the whole config)
+PROCESSORS: dict[str, tuple[type, Any]] = {
+    "hhbbww": (HHbbWWOptions, lambda o, c: HHbbWWProcessor(o, c.samples, load_era(c.era), c.luminosity_fb)),
+    "tth": (TTHOptions, lambda o, c: TTHProcessor(o, c.samples, load_era(c.era), c.luminosity_fb)),
+    "spanet_dataset": (SpanetDatasetOptions,
+                       lambda o, c: SpanetDataset.from_options(o, {d.name: d.kind for d in c.datasets})),
+}
 
 # What a damaged file raises while a chunk is read; such chunks are skipped (and reported) with
 # --skip-bad-files. Errors of the processor's own logic are not in this list and always propagate.
@@ -71,11 +80,37 @@ def _chain(err: BaseException) -> Iterator[BaseException]:
         err = err.__cause__ or err.__context__
 
 
+def generate_inputs(config: Config, directory: str | Path, scale: float = 1.0, log=None,
+                    only_missing: bool = False) -> Config:
+    """Write every dataset that has a ``generate`` spec with crema's generator into ``directory``.
+
+    Returns the config with those datasets pointing at the new files (event counts scaled by
+    ``scale``, at least one event); datasets without a spec (or, with ``only_missing``, with
+    files already given) are left as they are.
+    """
+    from crema.generate import write_nanoaod
+
+    directory = Path(directory)
+    datasets = []
+    for d in config.datasets:
+        g = d.generate
+        if g is None or (only_missing and d.files):
+            datasets.append(d)
+            continue
+        path = directory / f"{d.name}.root"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        n = max(1, int(g.events * scale))
+        if log is not None:
+            log(f"generating {n} {g.process} events -> {path}")
+        write_nanoaod(path, g.process, n, seed=g.seed, mass=g.mass, pfnano=g.pfnano)
+        datasets.append(replace(d, files=[str(path)], generate=replace(g, events=n)))
+    return replace(config, datasets=datasets)
+
+
 def build_processor(config: Config) -> processor.ProcessorABC:
     """Instantiate the configured processor; option errors name the key under ``processor.options``."""
-    cls, options_cls = PROCESSORS[config.processor.name]
-    options = from_dict(options_cls, config.processor.options, "processor.options")
-    return cls(options, config.samples, load_era(config.era), config.luminosity_fb)
+    options_cls, build = PROCESSORS[config.processor.name]
+    return build(from_dict(options_cls, config.processor.options, "processor.options"), config)
 
 
 def preflight(config: Config, proc: processor.ProcessorABC) -> tuple[dict[str, Any], RunReport]:
@@ -99,7 +134,7 @@ def preflight(config: Config, proc: processor.ProcessorABC) -> tuple[dict[str, A
                     size, end = f.file.source.num_bytes, f.file.fEND
                     if size < end:  # the header says the file is longer than what is on disk
                         raise OSError(f"file is truncated: {size} of {end} bytes present")
-            except Exception as err:  # noqa: BLE001 - any failure to open means a bad file
+            except Exception as err:
                 reason = f"{type(err).__name__}: {err}"
                 if not config.executor.skip_bad_files:
                     raise InputError(f"{path}: cannot read tree {treename!r} ({reason}); "
@@ -155,9 +190,9 @@ def jobqueue_cluster(jq: JobQueue):
     return cls(cores=jq.cores, memory=jq.memory, **jq.options)
 
 
-def run(config: Config) -> tuple[dict[str, Any], RunReport]:
-    """Run the configured processor over all datasets; returns (normalised output, report)."""
-    proc = build_processor(config)
+def run(config: Config, proc: processor.ProcessorABC | None = None) -> tuple[dict[str, Any], RunReport]:
+    """Run the configured processor (or ``proc``) over all datasets; returns (post-processed output, report)."""
+    proc = build_processor(config) if proc is None else proc
     fileset, report = preflight(config, proc)
     ex = config.executor
     with executor_for(ex) as executor:
