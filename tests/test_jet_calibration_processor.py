@@ -215,6 +215,13 @@ def test_dnn_processor_same_on_iterative_and_futures(dnn_config, iterative):
     assert "JES_AbsoluteUp" in list(iterative["histograms"]["jet1_pt"].axes["systematic"])
 
 
+def test_dnn_processor_same_on_dask(dnn_config, iterative):
+    """dask LocalCluster (two worker processes): the wrapper travels pickled, sessions start on the workers."""
+    output, report = run(load_config(dnn_config).with_executor(name="dask", workers=2))
+    assert sum(report.processed.values()) == 600
+    assert_same_output(iterative, output)
+
+
 def test_dnn_changes_the_histograms(sample, iterative):
     tmp, path = sample
     jec = run(load_config(_config(tmp, path, {"jes_sources": ["Absolute"], "weights": False}, "jec.yaml")))[0]
