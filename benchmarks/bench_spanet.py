@@ -76,17 +76,7 @@ def bench(name: str, n: int, repeat: int, tmp: Path) -> dict:
     flat = {k: ak.to_numpy(v) for k, v in kw.items()}
     counts, order = flat.pop("counts"), flat.pop("order")
     met_arrays = {"pt": flat.pop("met_pt"), "phi": flat.pop("met_phi")}
-    # ready feeds, as numpy_call builds them
-    padded = {}
-    starts = np.cumsum(counts) - counts
-    local = np.arange(counts.sum()) - np.repeat(starts, counts)
-    keep = local < model.max_jets
-    dest = (np.repeat(np.arange(len(counts)) * model.max_jets, counts) + local)[keep]
-    src = (np.repeat(starts, counts) + order)[keep]
-    for f, v in flat.items():
-        arr = np.zeros(len(counts) * model.max_jets)
-        arr[dest] = v[src]
-        padded[f] = arr.reshape(len(counts), model.max_jets)
+    padded, _ = model.padded_jets(counts, order, flat)  # ready feeds, as numpy_call builds them
     feeds = model.inputs(padded, counts, met_arrays)
     raw = model.run(feeds)
     n_valid = feeds["Momenta_mask"].sum(1)

@@ -629,25 +629,32 @@ class SPANet(OnnxModel):
         )
         return dec, raw
 
-    def numpy_call(self, counts: np.ndarray, order: np.ndarray, met_pt: np.ndarray, met_phi: np.ndarray,
-                   met_sumEt: np.ndarray | None = None, **flat: np.ndarray) -> dict[str, np.ndarray]:
-        """Flat jet arrays (+ per-event pt order) -> padded inputs -> outputs with original jet indices."""
+    def padded_jets(self, counts: np.ndarray, order: np.ndarray,
+                    flat: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Flat jet fields -> ``(B, max_jets)`` arrays in pt order (zero padded, clipped), and each
+        slot's index in the original collection (-1: padding)."""
         counts = np.asarray(counts, dtype=np.int64)
+        order = np.asarray(order, dtype=np.int64)
         n, J = len(counts), self.max_jets
         starts = np.cumsum(counts) - counts
         local = np.arange(int(counts.sum())) - np.repeat(starts, counts)
         keep = local < J
         dest = (np.repeat(np.arange(n) * J, counts) + local)[keep]
-        src = (np.repeat(starts, counts) + np.asarray(order, dtype=np.int64))[keep]
+        src = (np.repeat(starts, counts) + order)[keep]
         jets = {}
         for name, values in flat.items():
             arr = np.zeros(n * J, dtype=np.float64)
             arr[dest] = np.asarray(values, dtype=np.float64)[src]
             jets[name] = arr.reshape(n, J)
-        # slot -> index in the original collection
         original = np.full(n * J, -1, dtype=np.int64)
-        original[dest] = np.asarray(order, dtype=np.int64)[keep]
-        original = original.reshape(n, J)
+        original[dest] = order[keep]
+        return jets, original.reshape(n, J)
+
+    def numpy_call(self, counts: np.ndarray, order: np.ndarray, met_pt: np.ndarray, met_phi: np.ndarray,
+                   met_sumEt: np.ndarray | None = None, **flat: np.ndarray) -> dict[str, np.ndarray]:
+        """Flat jet arrays (+ per-event pt order) -> padded inputs -> outputs with original jet indices."""
+        counts = np.asarray(counts, dtype=np.int64)
+        jets, original = self.padded_jets(counts, order, flat)
         met = {"pt": met_pt, "phi": met_phi}
         if met_sumEt is not None:
             met["sumEt"] = met_sumEt
