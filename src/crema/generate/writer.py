@@ -31,6 +31,8 @@ def write_nanoaod(
     mass: float = 800.0,
     chunk_size: int | None = None,
     pfnano: bool = False,
+    compression: uproot.compression.Compression | None = COMPRESSION,
+    basket_size: int | None = None,
 ) -> pathlib.Path:
     """Generate ``n_events`` of ``process`` and write them to ``path`` as NanoAODv12.
 
@@ -41,6 +43,8 @@ def write_nanoaod(
     ``chunk_size``.  Each collection gets the single ``n<Coll>``
     int32 counter NanoAODSchema expects.  ``pfnano`` adds the PFNano tables
     (``PFCands``, ``JetPFCands``, ``SV``, ``JetSVs``; every other branch unchanged).
+    ``compression`` is uproot's (default LZ4 level 1; ``uproot.LZMA(1)`` is CMS's usual one).
+    Each written chunk is one basket per branch, or ``basket_size`` events per basket when given.
     Returns the path written.
     """
     check_process(process, mass)
@@ -52,7 +56,7 @@ def write_nanoaod(
         chunk_size = PFNANO_CHUNK_SIZE if pfnano else CHUNK_SIZE
     blocks_per_chunk = max(1, int(chunk_size) // _events.BLOCK_SIZE)
     n_blocks = -(-n_events // _events.BLOCK_SIZE)
-    with uproot.recreate(path, compression=COMPRESSION) as f:
+    with uproot.recreate(path, compression=compression) as f:
         tree = f.mktree("Events", _tree_types(pfnano), counter_name=lambda c: "n" + c)
         for start in range(0, n_blocks, blocks_per_chunk):
             chunk = Block.concatenate(
@@ -62,7 +66,13 @@ def write_nanoaod(
                     )
                 )
             )
-            tree.extend(block_to_records(chunk))
+            records = block_to_records(chunk)
+            if not basket_size:
+                tree.extend(records)
+                continue
+            n = len(next(iter(records.values())))
+            for i in range(0, n, basket_size):
+                tree.extend({k: v[i:i + basket_size] for k, v in records.items()})
     return path
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -13,11 +14,12 @@ from rich.console import Console
 
 from crema.schema import ConfigError
 from crema.workflows.config import Config, dump_config, load_config
-from crema.workflows.run import InputError, generate_inputs, run
+from crema.workflows.run import InputError, RunFailed, RunInterrupted, generate_inputs, run
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEMO_CONFIGS = {"hhbbww": CONFIG_DIR / "demo.yaml", "tth": CONFIG_DIR / "demo_tth.yaml"}
 console = Console(stderr=True)
+CHECKPOINT = "checkpoint"  # folder of a run's per-chunk outputs inside its output directory
 
 
 def _add_executor_options(p: argparse.ArgumentParser) -> None:
@@ -42,20 +44,27 @@ def _executor_overrides(args: argparse.Namespace) -> dict:
     return overrides
 
 
-def run_and_write(config: Config, outdir: Path, plots: bool = True) -> dict:
-    """Run ``config``, print the cutflow and any losses, write all outputs into ``outdir``."""
-    from crema.workflows.outputs import print_cutflow, write_outputs
+def run_and_write(config: Config, outdir: Path, plots: bool = True, resume: bool = False) -> dict:
+    """Run ``config`` with checkpoints in ``outdir/checkpoint``, print the cutflow and a problems panel,
+    write all outputs into ``outdir``. report.json is written also when the run fails or is interrupted
+    (the checkpoint is then kept for ``--resume``); after a complete run the checkpoint is removed."""
+    from crema.workflows.outputs import print_cutflow, print_problems, write_outputs, write_report
 
     outdir.mkdir(parents=True, exist_ok=True)
     config = replace(config, output=str(outdir.resolve()))
     dump_config(config, outdir / "config.yaml")
     start = time.perf_counter()
-    output, report = run(config)
+    try:
+        output, report = run(config, checkpoint=outdir / CHECKPOINT, resume=resume)
+    except (RunFailed, RunInterrupted) as err:
+        write_report(err.report.to_dict(), outdir)
+        if err.report.bad_files or err.report.bad_chunks:
+            print_problems(err.report, console)
+        raise
     elapsed = time.perf_counter() - start
     # rich wraps at 80 columns when not writing to a terminal; a cutflow reads better unwrapped
-    print_cutflow(output, Console(width=None if sys.stdout.isatty() else 200))
-    for line in report.lines():
-        console.print(f"[yellow]warning:[/] {line}")
+    print_cutflow(output, Console(width=None if sys.stdout.isatty() else 200), order=list(config.samples))
+    print_problems(report, console)
     with contextlib.ExitStack() as stack:
         drawn = None
         if plots:
@@ -69,11 +78,13 @@ def run_and_write(config: Config, outdir: Path, plots: bool = True) -> dict:
             pool = stack.enter_context(ProcessPoolExecutor(1, mp_context=get_context("spawn")))
             drawn = pool.submit(plot_all, output, config.samples, outdir / "plots",
                                 config.plots.regions, config.plots.observables)
-        paths = write_outputs(output, config.samples, outdir, report.to_dict())
+        paths = write_outputs(output, config.samples, outdir, report.to_dict(), order=list(config.samples))
         if drawn is not None:
             drawn.result()
+    shutil.rmtree(outdir / CHECKPOINT, ignore_errors=True)
     n = report.to_dict()["processed_events"]
-    console.print(f"processed {n} events in {elapsed:.1f} s ({config.executor.name}); outputs in {outdir}")
+    resumed = f", {report.resumed_chunks} of {report.total_chunks} chunks from the checkpoint" if report.resumed_chunks else ""
+    console.print(f"processed {n} events in {elapsed:.1f} s ({config.executor.name}{resumed}); outputs in {outdir}")
     return {"output": output, "report": report, "paths": paths}
 
 
@@ -81,15 +92,15 @@ def cmd_run(args: argparse.Namespace) -> None:
     config = load_config(args.config).with_executor(**_executor_overrides(args))
     outdir = Path(args.output or config.output)
     # datasets given as a generator spec (no files) are generated next to the outputs
-    config = generate_inputs(config, outdir / "samples", log=console.print, only_missing=True)
-    run_and_write(config, outdir, plots=not args.no_plots)
+    config = generate_inputs(config, outdir / "samples", log=console.print, only_missing=True, reuse=args.resume)
+    run_and_write(config, outdir, plots=not args.no_plots, resume=args.resume)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
     outdir = Path(args.output or f"crema-demo{'' if args.analysis == 'hhbbww' else '-' + args.analysis}").resolve()
     config = load_config(DEMO_CONFIGS[args.analysis]).with_executor(**_executor_overrides(args))
-    config = generate_inputs(config, outdir / "samples", args.scale, console.print)
-    run_and_write(config, outdir, plots=not args.no_plots)
+    config = generate_inputs(config, outdir / "samples", args.scale, console.print, reuse=args.resume)
+    run_and_write(config, outdir, plots=not args.no_plots, resume=args.resume)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -127,25 +138,30 @@ def cmd_btag_eff(args: argparse.Namespace) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
-    from coffea.util import load
-
+    from crema.workflows.outputs import read_histograms
     from crema.workflows.plots import plot_all
 
     outdir = Path(args.output_dir)
     config = load_config(outdir / "config.yaml")
-    output = load(outdir / "output.coffea")
+    # histograms.npz and run.json hold no code (never output.coffea, a pickle: reading it runs code)
+    output, samples = read_histograms(outdir)
     regions = None if args.all else config.plots.regions
     observables = args.observable or config.plots.observables
+    if args.observable:
+        unknown = [o for o in args.observable if o not in output["histograms"]]
+        if unknown:
+            raise ConfigError(f"--observable: no observable {unknown[0]!r} in {outdir} "
+                              f"(known: {', '.join(output['histograms'])})")
     target = Path(args.output or outdir / "plots")
     if args.systematic:
         from crema.workflows.plots import plot_variation
 
         try:
-            paths = plot_variation(output, config.samples, args.systematic, target, args.process, regions, observables)
+            paths = plot_variation(output, samples, args.systematic, target, args.process, regions, observables)
         except ValueError as err:
             raise ConfigError(str(err)) from None
     else:
-        paths = plot_all(output, config.samples, target, regions, observables)
+        paths = plot_all(output, samples, target, regions, observables)
     console.print(f"wrote {len(paths)} plots")
 
 
@@ -159,6 +175,7 @@ def parser() -> argparse.ArgumentParser:
                    help="hhbbww (DeepHME, corrections, systematics) or tth (SPANet)")
     d.add_argument("--scale", type=float, default=1.0, help="scale the number of generated events")
     d.add_argument("--no-plots", action="store_true")
+    d.add_argument("--resume", action="store_true", help="continue an interrupted or failed demo in the same folder")
     _add_executor_options(d)
     d.set_defaults(func=cmd_demo)
 
@@ -166,6 +183,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("config", help="run configuration (YAML)")
     r.add_argument("-o", "--output", help="output directory (default: the config's output)")
     r.add_argument("--no-plots", action="store_true")
+    r.add_argument("--resume", action="store_true",
+                   help="continue an interrupted or failed run: only chunks missing from OUTPUT/checkpoint run")
     _add_executor_options(r)
     r.set_defaults(func=cmd_run)
 
@@ -187,7 +206,7 @@ def parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_btag_eff)
 
     pl = sub.add_parser("plot", help="redraw the plots of a finished run")
-    pl.add_argument("output_dir", help="a run's output directory (holding config.yaml and output.coffea)")
+    pl.add_argument("output_dir", help="a run's output directory (holding config.yaml, histograms.npz and run.json)")
     pl.add_argument("-o", "--output", help="where to write the PNGs (default: OUTPUT_DIR/plots)")
     pl.add_argument("--all", action="store_true", help="every region, not only the config's plots.regions")
     pl.add_argument("--systematic", help="draw this variation's Up/Down against nominal (e.g. JES_Absolute, pileup)")
@@ -350,6 +369,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, InputError) as err:
         print(f"crema: error: {err}", file=sys.stderr)
         return 2
+    except RunInterrupted as err:
+        print(err, file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

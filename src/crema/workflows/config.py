@@ -77,6 +77,8 @@ class ExecutorConfig:
             raise ConfigError("workers: must be >= 1")
         if self.chunksize < 1:
             raise ConfigError("chunksize: must be >= 1")
+        if self.maxchunks is not None and self.maxchunks < 1:
+            raise ConfigError("maxchunks: must be >= 1 (0 chunks would be an empty run)")
         if (self.scheduler or self.jobqueue) and self.name != "dask":
             raise ConfigError("name: scheduler/jobqueue settings need the dask executor")
 

@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import lzma
+import os
+import shutil
+import signal
+import tempfile
+import threading
 import warnings
 import zlib
 from collections import defaultdict
@@ -11,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import cramjam
 import uproot
 from coffea import processor
 from coffea.nanoevents import NanoAODSchema
@@ -19,8 +28,9 @@ from crema.corrections.era import load_era
 from crema.processors.hhbbww import HHbbWWOptions, HHbbWWProcessor
 from crema.processors.spanet_dataset import SpanetDataset, SpanetDatasetOptions
 from crema.processors.tth import TTHOptions, TTHProcessor
-from crema.schema import from_dict
-from crema.workflows.config import Config, ExecutorConfig, JobQueue
+from crema.histograms import io as store
+from crema.schema import ConfigError, from_dict
+from crema.workflows.config import Config, ExecutorConfig, JobQueue, expand_files
 
 # processor name -> (options schema, how to build it from options and the whole config)
 PROCESSORS: dict[str, tuple[type, Any]] = {
@@ -30,63 +40,144 @@ PROCESSORS: dict[str, tuple[type, Any]] = {
                        lambda o, c: SpanetDataset.from_options(o, {d.name: d.kind for d in c.datasets})),
 }
 
-# What a damaged file raises while a chunk is read; such chunks are skipped (and reported) with
-# --skip-bad-files. Errors of the processor's own logic are not in this list and always propagate.
+# What a damaged file raises while a chunk is read (uproot deserialisation, decompression, I/O). Any
+# exception while a chunk is processed is also a read error when re-reading that chunk's branches
+# with uproot fails (a checksum mismatch is a plain ValueError); errors of the processor's own logic
+# always propagate.
 BAD_FILE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     EOFError,
     zlib.error,
+    lzma.LZMAError,
+    cramjam.DecompressionError,
     uproot.deserialization.DeserializationError,
 )
+# errors that may go away on a second try (a remote read timing out): these are left to the
+# executor's retries instead of being recorded as a bad chunk
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, ConnectionError)
 
 
 class InputError(RuntimeError):
     """An input file is unreadable or lacks a branch the processor needs; the message names it."""
 
 
+class RunFailed(InputError):
+    """A run stopped on an input error; ``report`` holds what it did (status ``failed``)."""
+
+    def __init__(self, message: str, report: RunReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class RunInterrupted(Exception):
+    """A run ended by SIGINT/SIGTERM; ``report`` holds what it did (status ``interrupted``)."""
+
+    def __init__(self, report: RunReport, resumable: bool) -> None:
+        hint = "; rerun with --resume" if resumable else ""
+        super().__init__(f"interrupted: {report.processed_chunks} of {report.total_chunks} chunks done{hint}")
+        self.report = report
+
+
 @dataclass
 class RunReport:
-    """What a run read, skipped and lost."""
+    """What a run read, skipped and lost; ``to_dict`` is report.json."""
 
+    datasets: dict[str, list[str]] = field(default_factory=dict)  # dataset -> its files, config order
     expected: dict[str, int] = field(default_factory=dict)  # file -> entries scheduled
     processed: dict[str, int] = field(default_factory=dict)  # file -> entries processed
     bad_files: dict[str, str] = field(default_factory=dict)  # file -> why it was skipped
     bad_entries: dict[str, int] = field(default_factory=dict)  # file -> its entries, where known
+    bad_chunks: list[dict[str, Any]] = field(default_factory=list)  # file, entry_start/stop, branch, error
+    total_chunks: int = 0
+    processed_chunks: int = 0  # chunks whose output is in the result (resumed ones included)
+    resumed_chunks: int = 0  # of those, taken from an earlier run's checkpoint
+    status: str = "complete"
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # processor counters passed through (nonfinite, ...)
+    chunk_keys: list[str] = field(default_factory=list, repr=False)  # checkpoint names of the run's chunks
 
     @property
     def lost(self) -> dict[str, int]:
-        """Entries scheduled but not processed (chunks that failed to read), per file."""
-        return {f: n - self.processed.get(f, 0) for f, n in self.expected.items() if n != self.processed.get(f, 0)}
+        """Entries of readable files lost in chunks that failed to read, per file."""
+        out: dict[str, int] = defaultdict(int)
+        for c in self.bad_chunks:
+            out[c["file"]] += c["entry_stop"] - c["entry_start"]
+        return dict(out)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "bad_files": [{"file": f, "error": e, "events_lost": self.bad_entries.get(f, "all (count unknown)")}
-                          for f, e in self.bad_files.items()],
-            "lost_events": self.lost,
+        lost = self.lost
+        per_dataset = {}
+        for ds, files in self.datasets.items():
+            per_dataset[ds] = {
+                "processed_events": sum(self.processed.get(f, 0) for f in files),
+                "lost_events": sum(lost.get(f, 0) + self.bad_entries.get(f, 0) for f in files),
+                "bad_files": sum(f in self.bad_files for f in files),
+            }
+        out = {
+            "status": self.status,
             "processed_events": sum(self.processed.values()),
+            "lost_events_total": sum(lost.values()) + sum(self.bad_entries.values()),
+            "lost_events": {f: n + self.bad_entries.get(f, 0) for f, n in lost.items()}
+            | {f: n for f, n in self.bad_entries.items() if f not in lost},
+            "bad_files": [{"file": f, "events_lost": self.bad_entries.get(f), "reason": e}
+                          for f, e in self.bad_files.items()],
+            "bad_chunks": list(self.bad_chunks),
+            "processed_chunks": self.processed_chunks,
+            "resumed_chunks": self.resumed_chunks,
+            "total_chunks": self.total_chunks,
+            "datasets": per_dataset,
         }
+        if self.error is not None:
+            out["error"] = self.error
+        out.update(_plain(self.extra))
+        return out
 
     def lines(self) -> list[str]:
-        """Human-readable summary lines (empty when nothing was lost)."""
+        """Human-readable problem lines (empty when nothing was lost)."""
         out = [f"skipped bad file {f}: {e} ({self.bad_entries.get(f, 'all')} events lost)"
                for f, e in self.bad_files.items()]
-        out += [f"lost {n} of {self.expected[f]} events of {f} (chunks failed to read)" for f, n in self.lost.items()]
+        per_file: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for c in self.bad_chunks:
+            per_file[c["file"]].append(c)
+        for f, chunks in per_file.items():
+            c = chunks[0]
+            branch = f", branch {c['branch']}" if c.get("branch") else ""
+            out.append(f"lost {self.lost[f]} of {self.expected.get(f, '?')} events of {f} ({len(chunks)} chunk(s) "
+                       f"failed to read; first: entries {c['entry_start']}-{c['entry_stop']}{branch}: {c['error']})")
         return out
 
 
+def _plain(obj: Any) -> Any:
+    """``obj`` with numpy scalars turned into Python numbers (for JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:
+        return obj.item()
+    return obj
+
+
 def _chain(err: BaseException) -> Iterator[BaseException]:
-    while err is not None:
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
         yield err
         err = err.__cause__ or err.__context__
 
 
+def _one_line(err: BaseException) -> str:
+    return " ".join(f"{type(err).__name__}: {err}".split())[:400]
+
+
 def generate_inputs(config: Config, directory: str | Path, scale: float = 1.0, log=None,
-                    only_missing: bool = False) -> Config:
+                    only_missing: bool = False, reuse: bool = False) -> Config:
     """Write every dataset that has a ``generate`` spec with crema's generator into ``directory``.
 
     Returns the config with those datasets pointing at the new files (event counts scaled by
     ``scale``, at least one event); datasets without a spec (or, with ``only_missing``, with
-    files already given) are left as they are.
+    files already given) are left as they are. With ``reuse`` a file already in ``directory`` is kept
+    (files are written under a temporary name and renamed, so one found there is complete).
     """
     from crema.generate import write_nanoaod
 
@@ -100,9 +191,12 @@ def generate_inputs(config: Config, directory: str | Path, scale: float = 1.0, l
         path = directory / f"{d.name}.root"
         path.parent.mkdir(parents=True, exist_ok=True)
         n = max(1, int(g.events * scale))
-        if log is not None:
-            log(f"generating {n} {g.process} events -> {path}")
-        write_nanoaod(path, g.process, n, seed=g.seed, mass=g.mass, pfnano=g.pfnano)
+        if not (reuse and path.is_file()):
+            if log is not None:
+                log(f"generating {n} {g.process} events -> {path}")
+            tmp = path.with_name(f".{path.name}.tmp")
+            write_nanoaod(tmp, g.process, n, seed=g.seed, mass=g.mass, pfnano=g.pfnano)
+            os.replace(tmp, path)
         datasets.append(replace(d, files=[str(path)], generate=replace(g, events=n)))
     return replace(config, datasets=datasets)
 
@@ -111,6 +205,24 @@ def build_processor(config: Config) -> processor.ProcessorABC:
     """Instantiate the configured processor; option errors name the key under ``processor.options``."""
     options_cls, build = PROCESSORS[config.processor.name]
     return build(from_dict(options_cls, config.processor.options, "processor.options"), config)
+
+
+def required_branches(proc: processor.ProcessorABC, dataset) -> dict[str, str]:
+    """The processor's required branches for ``dataset`` (branch -> what needs it); {} if it does not say."""
+    needs = getattr(proc, "required_branches", None)
+    return dict(needs(dataset.sample)) if callable(needs) else {}
+
+
+def _not_root(path: str) -> str | None:
+    """"not a ROOT file" when a local file does not start with ROOT's magic bytes, else None."""
+    if "://" in path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return None
+    return None if head == b"root" else "not a ROOT file"
 
 
 def preflight(config: Config, proc: processor.ProcessorABC) -> tuple[dict[str, Any], RunReport]:
@@ -122,8 +234,9 @@ def preflight(config: Config, proc: processor.ProcessorABC) -> tuple[dict[str, A
     report = RunReport()
     fileset = config.fileset()
     for dataset in config.datasets:
-        needs = proc.required_branches(dataset.sample)
+        needs = required_branches(proc, dataset)
         files = fileset[dataset.name]["files"]
+        report.datasets[dataset.name] = list(files)
         for path, treename in list(files.items()):
             entries = None
             try:
@@ -135,7 +248,7 @@ def preflight(config: Config, proc: processor.ProcessorABC) -> tuple[dict[str, A
                     if size < end:  # the header says the file is longer than what is on disk
                         raise OSError(f"file is truncated: {size} of {end} bytes present")
             except Exception as err:
-                reason = f"{type(err).__name__}: {err}"
+                reason = _not_root(path) or f"{type(err).__name__}: {err}"
                 if not config.executor.skip_bad_files:
                     raise InputError(f"{path}: cannot read tree {treename!r} ({reason}); "
                                      "use --skip-bad-files to skip it") from err
@@ -152,19 +265,42 @@ def preflight(config: Config, proc: processor.ProcessorABC) -> tuple[dict[str, A
     return fileset, report
 
 
+
+SCHEDULER_TIMEOUT_S = 10
+
+
 @contextlib.contextmanager
 def executor_for(cfg: ExecutorConfig) -> Iterator[processor.executor.ExecutorBase]:
-    """The coffea executor for ``cfg``; a dask cluster started here is closed on exit."""
+    """The coffea executor for ``cfg``; a process pool or dask cluster started here is closed on exit.
+
+    On an exception (Ctrl-C included) a futures pool is shut down at once: queued chunks are
+    cancelled and running workers stopped, instead of waiting for every chunk to finish.
+    """
     if cfg.name == "iterative":
         yield processor.IterativeExecutor(status=cfg.progress)
     elif cfg.name == "futures":
-        yield processor.FuturesExecutor(workers=cfg.workers, status=cfg.progress)
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(max_workers=cfg.workers)
+        try:
+            yield processor.FuturesExecutor(pool=pool, workers=cfg.workers, status=cfg.progress)
+        except BaseException:
+            workers = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for p in workers:
+                p.terminate()
+            raise
+        pool.shutdown(wait=True)
     else:
         from distributed import Client
 
         with contextlib.ExitStack() as stack:
             if cfg.scheduler:
-                client = stack.enter_context(Client(cfg.scheduler))
+                try:
+                    client = stack.enter_context(Client(cfg.scheduler, timeout=SCHEDULER_TIMEOUT_S))
+                except (OSError, TimeoutError) as err:
+                    raise InputError(f"cannot reach the dask scheduler at {cfg.scheduler} "
+                                     f"within {SCHEDULER_TIMEOUT_S} s ({type(err).__name__})") from None
             else:
                 cluster = stack.enter_context(_cluster(cfg))
                 client = stack.enter_context(Client(cluster))
@@ -190,34 +326,286 @@ def jobqueue_cluster(jq: JobQueue):
     return cls(cores=jq.cores, memory=jq.memory, **jq.options)
 
 
-def run(config: Config, proc: processor.ProcessorABC | None = None) -> tuple[dict[str, Any], RunReport]:
-    """Run the configured processor (or ``proc``) over all datasets; returns (post-processed output, report)."""
+# ---------------------------------------------------------------------------------------- checkpoints
+def chunk_key(dataset: str, filename: str, treename: str, start: int, stop: int) -> str:
+    """File name (without ``.npz``) of one chunk's checkpoint."""
+    return hashlib.sha1(f"{dataset}\0{filename}\0{treename}\0{int(start)}\0{int(stop)}".encode()).hexdigest()[:24]
+
+
+def _key(item) -> str:
+    return chunk_key(item.dataset, item.filename, item.treename, item.entrystart, item.entrystop)
+
+
+def run_manifest(config: Config, proc: processor.ProcessorABC) -> dict[str, Any]:
+    """What a checkpoint is valid for: processor and options, era, luminosity, chunk size, datasets
+    and their input files (size and modification time of local files)."""
+    from crema import __version__
+
+    datasets = []
+    for d in config.datasets:
+        files = []
+        for path in expand_files(d):
+            entry: dict[str, Any] = {"path": path}
+            if "://" not in path:
+                with contextlib.suppress(OSError):
+                    st = os.stat(path)
+                    entry.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
+            files.append(entry)
+        datasets.append({"name": d.name, "kind": d.kind, "process": d.process, "xsec_pb": d.xsec_pb,
+                         "treename": d.treename, "files": files})
+    return {
+        "crema": __version__,
+        "processor": {"name": config.processor.name, "class": f"{type(proc).__module__}.{type(proc).__qualname__}",
+                      "options": config.processor.options},
+        "era": config.era,
+        "luminosity_fb": config.luminosity_fb,
+        "chunksize": config.executor.chunksize,
+        "datasets": datasets,
+    }
+
+
+def _manifest_hash(manifest: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Names of what differs between two manifests (``datasets.NAME.files`` level for datasets)."""
+    out = [k for k in sorted(set(old) | set(new)) if k != "datasets" and old.get(k) != new.get(k)]
+    if k := next((k for k in ("processor",) if k in out), None):
+        out[out.index(k)] = ", ".join(f"processor.{f}" for f in ("name", "class", "options")
+                                      if old.get(k, {}).get(f) != new.get(k, {}).get(f)) or k
+    old_ds = {d["name"]: d for d in old.get("datasets", [])}
+    new_ds = {d["name"]: d for d in new.get("datasets", [])}
+    if list(old_ds) != list(new_ds):
+        out.append("the list of datasets")
+    for name in new_ds:
+        if name in old_ds and old_ds[name] != new_ds[name]:
+            parts = [f for f in new_ds[name] if old_ds[name].get(f) != new_ds[name][f]]
+            out += [f"datasets.{name}.{f}" + (" (input files changed)" if f == "files" else "") for f in parts]
+    return out
+
+
+def open_checkpoint(root: str | Path, manifest: dict[str, Any], resume: bool) -> tuple[Path, bool]:
+    """The chunk folder for this run under ``root`` (created); ``(folder, resumable)``.
+
+    Without ``resume`` an earlier checkpoint under ``root`` is removed (a fresh start). With ``resume``
+    a checkpoint of another config, processor options or input files is refused, naming what differs.
+    """
+    root = Path(root)
+    run_dir = root / _manifest_hash(manifest)
+    if not resume:
+        if root.exists():
+            shutil.rmtree(root)
+    elif not run_dir.exists():
+        others = sorted(p for p in root.glob("*/manifest.json")) if root.exists() else []
+        if others:
+            old = json.loads(others[-1].read_text())
+            what = ", ".join(_differences(old, manifest)) or "the run's settings"
+            raise ConfigError(f"{root}: the checkpoint there was made with a different {what}; "
+                              "it cannot be resumed with this config (rerun without --resume to start over)")
+    (run_dir / "chunks").mkdir(parents=True, exist_ok=True)
+    manifest_path = run_dir / "manifest.json"
+    if not manifest_path.exists():
+        manifest_path.write_text(json.dumps(manifest, indent=1, default=str))
+    return run_dir / "chunks", True
+
+
+def _done_keys(chunk_dir: Path) -> set[str]:
+    return {p.stem for p in chunk_dir.glob("*.npz")}
+
+
+class CheckpointingProcessor(processor.ProcessorABC):
+    """Runs ``proc`` on a chunk and writes its output to ``directory/<chunk key>.npz`` (crema.histograms.io).
+
+    Returns only ``{"done": {key: entries}}`` to the executor, or ``{"bad_chunks": {key: {...}}}``
+    when the chunk could not be read (such errors are not raised, so no executor retries them).
+    ``branches`` lists per dataset what to re-read with uproot to find the failing branch.
+    """
+
+    def __init__(self, proc: processor.ProcessorABC, directory: Path, branches: dict[str, list[str]]) -> None:
+        self.proc = proc
+        self.directory = Path(directory)
+        self.branches = branches
+
+    def process(self, events):
+        meta = events.metadata
+        key = chunk_key(meta["dataset"], meta["filename"], meta["treename"], meta["entrystart"], meta["entrystop"])
+        try:
+            out = self.proc.process(events)
+        except Exception as err:
+            bad = read_error(meta, err, self.branches.get(meta["dataset"]))
+            if bad is None:
+                raise
+            return {"bad_chunks": {key: bad}}
+        store.save(out, self.directory / f"{key}.npz")
+        return {"done": {key: int(meta["entrystop"] - meta["entrystart"])}}
+
+    def postprocess(self, accumulator):
+        return accumulator
+
+
+def read_error(meta: dict[str, Any], err: BaseException, branches: list[str] | None) -> dict[str, Any] | None:
+    """Whether ``err``, raised while a chunk was processed, is a read error of that chunk.
+
+    Re-reads ``branches`` (all of the tree's when None) over the chunk's entries with uproot: the
+    first that fails is the bad branch. Returns ``{"branch", "error"}`` for a read error; None for
+    an error of the processor's logic or a transient one (timeouts: left to the executor's retries).
+    """
+    if any(isinstance(e, TRANSIENT_ERRORS) for e in _chain(err)):
+        return None
+    start, stop = int(meta["entrystart"]), int(meta["entrystop"])
+    try:
+        with uproot.open(meta["filename"]) as f:
+            tree = f[meta["treename"]]
+            names = [b for b in branches if b in tree] if branches else list(tree.keys())
+            for b in names:
+                try:
+                    tree[b].array(entry_start=start, entry_stop=stop)
+                except Exception as probe:
+                    if isinstance(probe, TRANSIENT_ERRORS):
+                        return None
+                    return {"branch": b, "error": _one_line(probe)}
+    except Exception as probe:  # the file itself no longer opens
+        return None if isinstance(probe, TRANSIENT_ERRORS) else {"branch": None, "error": _one_line(probe)}
+    if any(isinstance(e, BAD_FILE_ERRORS) for e in _chain(err)):
+        deepest = list(_chain(err))[-1]
+        return {"branch": None, "error": _one_line(deepest)}
+    return None
+
+
+def _probe_branches(proc: processor.ProcessorABC, config: Config) -> dict[str, list[str]]:
+    """Per dataset: the collection counters (read by NanoEvents for every collection) then the branches
+    the processor needs; empty (probe all) when the processor does not say."""
+    out = {}
+    for d in config.datasets:
+        needs = list(required_branches(proc, d))
+        counters = sorted({"n" + b.split("_", 1)[0] for b in needs if "_" in b})
+        out[d.name] = counters + needs
+    return out
+
+
+# ---------------------------------------------------------------------------------------- run
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (batch systems, ``kill``) ends a run like Ctrl-C does, so checkpoints and report stay."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run(config: Config, proc: processor.ProcessorABC | None = None, *, checkpoint: str | Path | None = None,
+        resume: bool = False) -> tuple[dict[str, Any], RunReport]:
+    """Run the configured processor (or ``proc``) over all datasets; returns (post-processed output, report).
+
+    Every finished chunk's output is kept under ``checkpoint`` (a temporary folder when None, removed
+    at the end); with ``resume`` chunks already there are not run again. Chunk outputs are merged in
+    config order (dataset, file, entry), so results do not depend on the executor or on interruptions.
+    Workers of a remote dask cluster must see ``checkpoint`` (a shared file system).
+
+    Raises :class:`RunFailed` (an :class:`InputError`) on an unreadable chunk without
+    ``skip_bad_files`` and :class:`RunInterrupted` on SIGINT/SIGTERM; both carry the report.
+    """
     proc = build_processor(config) if proc is None else proc
     fileset, report = preflight(config, proc)
+    with contextlib.ExitStack() as stack:
+        if checkpoint is None:
+            checkpoint = stack.enter_context(tempfile.TemporaryDirectory(prefix="crema-checkpoint-"))
+            resume, resumable = False, False
+        else:
+            resumable = True
+        chunk_dir, _ = open_checkpoint(checkpoint, run_manifest(config, proc), resume)
+        stack.enter_context(_sigterm_interrupts())
+        try:
+            output = _run_chunks(config, proc, fileset, report, chunk_dir)
+        except KeyboardInterrupt:
+            report.status = "interrupted"
+            report.processed_chunks = len(_done_keys(chunk_dir) & set(report.chunk_keys))
+            raise RunInterrupted(report, resumable) from None
+    return output, report
+
+
+def _run_chunks(config: Config, proc, fileset, report: RunReport, chunk_dir: Path) -> dict[str, Any]:
     ex = config.executor
+    order = {d.name: (i, {f: j for j, f in enumerate(report.datasets[d.name])}) for i, d in enumerate(config.datasets)}
+
+    def position(item) -> tuple:
+        ds, files = order[item.dataset]
+        return ds, files.get(item.filename, len(files)), item.entrystart
+
     with executor_for(ex) as executor:
         runner = processor.Runner(
             executor=executor,
             schema=NanoAODSchema,
             chunksize=ex.chunksize,
-            maxchunks=ex.maxchunks,
             skipbadfiles=BAD_FILE_ERRORS if ex.skip_bad_files else False,
         )
-        chunks = list(runner.preprocess(fileset, treename="Events"))
+        chunks = sorted(runner.preprocess(fileset, treename="Events"), key=position)
+        if ex.maxchunks is not None:  # the first maxchunks chunks of each dataset, in config order
+            rank: dict[str, int] = defaultdict(int)
+            kept = []
+            for c in chunks:
+                rank[c.dataset] += 1
+                if rank[c.dataset] <= ex.maxchunks:
+                    kept.append(c)
+            chunks = kept
+        keys = report.chunk_keys = [_key(c) for c in chunks]
+        report.total_chunks = len(chunks)
         expected: dict[str, int] = defaultdict(int)
         for chunk in chunks:
             expected[chunk.filename] += chunk.entrystop - chunk.entrystart
         report.expected = dict(expected)
+        if not chunks and report.bad_files:
+            report.status, report.error = "failed", "no input left: every input file was skipped as unreadable"
+            raise RunFailed(report.error, report)
+        done_before = _done_keys(chunk_dir) & set(keys)
+        report.resumed_chunks = len(done_before)
+        todo = [c for c, k in zip(chunks, keys) if k not in done_before]
+        wrapper = CheckpointingProcessor(proc, chunk_dir, _probe_branches(proc, config))
         with warnings.catch_warnings():
-            # coffea warns once per skipped chunk; crema reports them together in RunReport
+            # coffea warns once per chunk it skips; crema reports them together in RunReport
             warnings.filterwarnings("ignore", message="Skipping bad file")
-            # the Runner calls proc.postprocess on the merged output
             try:
-                output = runner(chunks, proc, treename="Events") if chunks else proc.postprocess({})
+                acc = (runner(todo, wrapper, treename="Events") or {}) if todo else {}
             except Exception as err:
                 if not any(isinstance(e, BAD_FILE_ERRORS) for e in _chain(err)):
                     raise
                 # coffea's message names the work item (file and entry range) that failed
-                raise InputError(f"reading a chunk failed: {err}; use --skip-bad-files to skip such chunks") from err
-    report.processed = dict(output["processed"])
-    return output, report
+                report.status = "failed"
+                report.error = f"reading a chunk failed: {err}; use --skip-bad-files to skip such chunks"
+                report.processed_chunks = len(_done_keys(chunk_dir) & set(keys))
+                raise RunFailed(report.error, report) from err
+    done = _done_keys(chunk_dir)
+    bad = acc.get("bad_chunks", {})
+    for chunk, key in zip(chunks, keys):
+        if key in done:
+            report.processed[chunk.filename] = report.processed.get(chunk.filename, 0) + chunk.entrystop - chunk.entrystart
+            continue
+        # not done: its read error, or coffea skipped it (the file failed to open during the run)
+        info = bad.get(key, {"branch": None, "error": "the file could not be opened during the run"})
+        report.bad_chunks.append({"dataset": chunk.dataset, "file": chunk.filename, "entry_start": int(chunk.entrystart),
+                                  "entry_stop": int(chunk.entrystop), "branch": info["branch"], "error": info["error"]})
+    for chunk in chunks:  # a file whose chunks all failed still appears, with 0 events
+        report.processed.setdefault(chunk.filename, 0)
+    report.processed_chunks = sum(k in done for k in keys)
+    if report.bad_chunks and not ex.skip_bad_files:
+        c = report.bad_chunks[0]
+        where = f", branch {c['branch']!r}" if c["branch"] else ""
+        report.status = "failed"
+        report.error = (f"{c['file']}: entries {c['entry_start']}-{c['entry_stop']}{where} cannot be read "
+                        f"({c['error']}); use --skip-bad-files to skip such chunks")
+        raise RunFailed(report.error, report)
+    merged = processor.accumulate(store.load(chunk_dir / f"{k}.npz") for k in keys if k in done)
+    output = proc.postprocess(merged if merged is not None else {})
+    for name in ("nonfinite", "undefined"):
+        if isinstance(output, dict) and name in output:
+            report.extra[name] = output[name]
+    return output

@@ -1,0 +1,1 @@
+"""Histogram types and their safe storage (crema.histograms.io)."""

@@ -1,0 +1,206 @@
+"""Safe storage of accumulator trees (histograms, counters, arrays) in one ``.npz`` file, without pickle.
+
+crema writes a run's per-chunk checkpoints and its ``histograms.npz`` with :func:`save`, and reads them
+with :func:`load`. Reading never executes code from the file: the file is a numpy ``.npz`` archive
+read with ``allow_pickle=False``; the structure is JSON (the member ``__tree__``), the numbers are
+plain numpy arrays referenced from it. Round trips are exact (``==`` holds, arrays are bit-identical).
+
+What can be stored:
+
+- ``None``, ``bool``, ``int``, ``float``, ``str``;
+- ``dict`` (any storable keys, order kept), ``list``, ``tuple``, ``set``/``frozenset``;
+- numpy arrays (not of object dtype) and numpy scalars (their dtype kept);
+- ``hist.Hist`` / ``boost_histogram.Histogram`` with any axes (Regular incl. transforms, Variable,
+  Integer, StrCategory, IntCategory, Boolean; flow, growth, circular, names, labels) and any storage
+  (Double, Int64, AtomicInt64, Unlimited, Weight, Mean, WeightedMean), via the UHI serialisation;
+- awkward arrays (form JSON plus buffers);
+- any object whose class follows the *state protocol* and is registered (below).
+
+State protocol (for new accumulator types, e.g. a histogram with extra structure)::
+
+    @register("my_type")                    # a stable name, written into the file
+    class MyType:
+        def _crema_state(self) -> tuple[dict[str, np.ndarray], dict]:
+            return arrays, meta             # numpy arrays (no object dtype) and JSON-able metadata
+        @classmethod
+        def _crema_from_state(cls, arrays: dict[str, np.ndarray], meta: dict) -> "MyType":
+            ...                              # must restore an equal object
+
+``meta`` may itself contain any storable value (it is encoded with the same rules). Registered types
+are checked before the built-in kinds, so a registered subclass of ``hist.Hist`` keeps its own state.
+The module defining the type must be imported before :func:`load` meets it (an unknown name is an
+error naming it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TREE_KEY = "__tree__"
+FORMAT = "crema-tree"
+VERSION = 1
+
+_REGISTRY: dict[str, type] = {}
+
+
+def register(name: str) -> Callable[[type], type]:
+    """Class decorator: make a class following the state protocol storable under ``name``."""
+
+    def deco(cls: type) -> type:
+        for method in ("_crema_state", "_crema_from_state"):
+            if not callable(getattr(cls, method, None)):
+                raise TypeError(f"{cls.__name__} cannot be registered as {name!r}: it has no {method}")
+        if _REGISTRY.get(name, cls) is not cls:
+            raise ValueError(f"type name {name!r} is already registered for {_REGISTRY[name].__name__}")
+        _REGISTRY[name] = cls
+        cls._crema_type = name
+        return cls
+
+    return deco
+
+
+class _Encoder:
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def array(self, a: np.ndarray, where: str) -> str:
+        if a.dtype.hasobject:
+            raise TypeError(f"{where}: numpy array of object dtype cannot be stored safely")
+        ref = f"a{len(self.arrays)}"
+        self.arrays[ref] = a
+        return ref
+
+    def __call__(self, obj: Any, where: str = "") -> Any:
+        import awkward as ak
+        import boost_histogram as bh
+
+        name = getattr(type(obj), "_crema_type", None)
+        if name is not None and _REGISTRY.get(name) is type(obj):
+            arrays, meta = obj._crema_state()
+            return {"$object": name, "meta": self(meta, f"{where}.meta"),
+                    "arrays": {k: self.array(np.asarray(v), f"{where}.{k}") for k, v in arrays.items()}}
+        if obj is None or isinstance(obj, (bool, str)):
+            return obj
+        if isinstance(obj, int) and type(obj) is int:
+            return obj
+        if type(obj) is float:
+            return obj
+        if isinstance(obj, dict):
+            return {"$dict": [[self(k, f"{where}[key]"), self(v, f"{where}[{k!r}]")] for k, v in obj.items()]}
+        if isinstance(obj, list):
+            return {"$list": [self(v, f"{where}[{i}]") for i, v in enumerate(obj)]}
+        if isinstance(obj, tuple):
+            return {"$tuple": [self(v, f"{where}[{i}]") for i, v in enumerate(obj)]}
+        if isinstance(obj, (set, frozenset)):
+            items = sorted(obj, key=repr)  # a set's iteration order varies between processes
+            return {"$set": [self(v, f"{where}{{}}") for v in items], "frozen": isinstance(obj, frozenset)}
+        if isinstance(obj, np.ndarray):
+            return {"$array": self.array(obj, where)}
+        if isinstance(obj, np.generic):
+            return {"$scalar": self.array(np.asarray(obj), where)}
+        if isinstance(obj, bh.Histogram):
+            from boost_histogram.serialization import to_uhi
+
+            import hist
+
+            kind = "hist" if isinstance(obj, hist.Hist) else "boost"
+            if type(obj) not in (hist.Hist, bh.Histogram):
+                raise TypeError(f"{where}: {type(obj).__name__} is a histogram subclass; register it with "
+                                "crema.histograms.io.register to store its own state")
+            return {"$hist": self(to_uhi(obj), f"{where}.uhi"), "class": kind}
+        if isinstance(obj, ak.Array):
+            form, length, buffers = ak.to_buffers(obj)
+            return {"$awkward": form.to_json(), "length": int(length),
+                    "buffers": {k: self.array(np.asarray(v), f"{where}.{k}") for k, v in buffers.items()}}
+        raise TypeError(f"{where or 'value'}: cannot store a {type(obj).__module__}.{type(obj).__qualname__}")
+
+
+def _decode(node: Any, arrays: Any) -> Any:
+    if not isinstance(node, dict):
+        return node
+    if "$dict" in node:
+        return {_decode(k, arrays): _decode(v, arrays) for k, v in node["$dict"]}
+    if "$list" in node:
+        return [_decode(v, arrays) for v in node["$list"]]
+    if "$tuple" in node:
+        return tuple(_decode(v, arrays) for v in node["$tuple"])
+    if "$set" in node:
+        items = [_decode(v, arrays) for v in node["$set"]]
+        return frozenset(items) if node["frozen"] else set(items)
+    if "$array" in node:
+        return arrays[node["$array"]]
+    if "$scalar" in node:
+        return arrays[node["$scalar"]][()]
+    if "$hist" in node:
+        import boost_histogram as bh
+        from boost_histogram.serialization import from_uhi
+
+        h = from_uhi(_decode(node["$hist"], arrays))
+        if node["class"] == "hist":
+            import hist
+
+            return hist.Hist(h)
+        return bh.Histogram(h)
+    if "$awkward" in node:
+        import awkward as ak
+
+        buffers = {k: arrays[v] for k, v in node["buffers"].items()}
+        return ak.from_buffers(ak.forms.from_json(node["$awkward"]), node["length"], buffers)
+    if "$object" in node:
+        cls = _REGISTRY.get(node["$object"])
+        if cls is None:
+            raise ValueError(f"stored object of type {node['$object']!r}: no such type is registered "
+                             "(import the module that defines it first)")
+        return cls._crema_from_state({k: arrays[v] for k, v in node["arrays"].items()}, _decode(node["meta"], arrays))
+    raise ValueError(f"unknown node in stored tree: {sorted(node)}")
+
+
+def encode(obj: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``obj`` as (JSON-able structure, numpy arrays it references by name)."""
+    enc = _Encoder()
+    tree = enc(obj)
+    return {"format": FORMAT, "version": VERSION, "tree": tree}, enc.arrays
+
+
+def decode(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
+    """Inverse of :func:`encode`."""
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"not a {FORMAT} structure")
+    if meta.get("version", 0) > VERSION:
+        raise ValueError(f"{FORMAT} version {meta['version']} is newer than this crema reads ({VERSION})")
+    return _decode(meta["tree"], arrays)
+
+
+def save(obj: Any, path: str | os.PathLike, compress: bool = True) -> Path:
+    """Write ``obj`` to ``path`` (``.npz``) atomically: a killed writer never leaves a partial file."""
+    path = Path(path)
+    meta, arrays = encode(obj)
+    blob = np.frombuffer(json.dumps(meta, separators=(",", ":")).encode(), dtype=np.uint8)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        (np.savez_compressed if compress else np.savez)(f, **{TREE_KEY: blob}, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def load(path: str | os.PathLike) -> Any:
+    """Read what :func:`save` wrote (no pickle: arrays of object dtype are refused by numpy)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if TREE_KEY not in npz.files:
+                raise ValueError(f"{path}: not a crema file (no {TREE_KEY})")
+            meta = json.loads(npz[TREE_KEY].tobytes().decode())
+            arrays = {k: npz[k] for k in npz.files if k != TREE_KEY}
+    except (OSError, ValueError, EOFError) as err:
+        raise ValueError(f"{path}: cannot read ({err})") from err
+    return decode(meta, arrays)
+
+
+__all__ = ["register", "encode", "decode", "save", "load"]
