@@ -113,7 +113,13 @@ class _Encoder:
             if type(obj) not in (hist.Hist, bh.Histogram):
                 raise TypeError(f"{where}: {type(obj).__name__} is a histogram subclass; register it with "
                                 "crema.histograms.io.register to store its own state")
-            return {"$hist": self(to_uhi(obj), f"{where}.uhi"), "class": kind}
+            # UHI for axes and metadata; the storage buffer itself raw (UHI's mean storages keep a
+            # variance, which is not a bit-exact round trip of boost's sum of squared deltas)
+            uhi = to_uhi(obj)
+            uhi["storage"] = {"type": "double"}
+            raw = np.array(obj.view(flow=True))
+            return {"$hist": self(uhi, f"{where}.uhi"), "class": kind, "storage": obj.storage_type.__name__,
+                    "shape": list(raw.shape), "contents": self.array(raw.view(np.ndarray), where)}
         if isinstance(obj, ak.Array):
             form, length, buffers = ak.to_buffers(obj)
             return {"$awkward": form.to_json(), "length": int(length),
@@ -141,12 +147,19 @@ def _decode(node: Any, arrays: Any) -> Any:
         import boost_histogram as bh
         from boost_histogram.serialization import from_uhi
 
-        h = from_uhi(_decode(node["$hist"], arrays))
+        uhi = _decode(node["$hist"], arrays)
+        uhi["storage"] = {"type": "double", "values": np.zeros(node["shape"])}
+        h = from_uhi(uhi)
         if node["class"] == "hist":
             import hist
 
-            return hist.Hist(h)
-        return bh.Histogram(h)
+            h = hist.Hist(h)
+        storage = getattr(bh.storage, node["storage"])
+        if h.storage_type is not storage:  # storages UHI maps onto another (Unlimited, AtomicInt64)
+            names = {"name": h.name, "label": h.label} if node["class"] == "hist" else {}
+            h = type(h)(*h.axes, storage=storage(), **names)
+        h.view(flow=True).view(np.ndarray)[...] = arrays[node["contents"]]
+        return h
     if "$awkward" in node:
         import awkward as ak
 
