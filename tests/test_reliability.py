@@ -50,8 +50,8 @@ def write_config(path: Path, files: dict[str, Path], **executor) -> Path:
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("samples")
-    return {"TT": write_nanoaod(tmp / "TT.root", "tt_dl", 1500, seed=3, basket_size=BASKET),
-            "HH": write_nanoaod(tmp / "HH.root", "hh_dl", 1000, seed=2, basket_size=BASKET)}
+    return {"TT": write_nanoaod(tmp / "TT.root", "tt_dl", 300, seed=3, basket_size=BASKET),
+            "HH": write_nanoaod(tmp / "HH.root", "hh_dl", 200, seed=2, basket_size=BASKET)}
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +220,7 @@ def good_chunk_output(config_path: Path, skip: tuple[str, int]) -> dict:
 @pytest.mark.parametrize("compression", [uproot.LZ4(1), uproot.LZMA(1)], ids=["lz4", "lzma"])
 def test_corrupt_basket_is_one_chunk(samples, tmp_path, compression, capsys):
     bad = tmp_path / "TT_bad.root"
-    branch, start, stop = corrupt(samples["TT"], bad, compression, basket=7)
+    branch, start, stop = corrupt(samples["TT"], bad, compression, basket=1)
     files = {"TT": bad, "HH": samples["HH"]}
 
     # without --skip-bad-files: exit 2 naming file, entries and branch; report and checkpoints kept
@@ -233,18 +233,18 @@ def test_corrupt_basket_is_one_chunk(samples, tmp_path, compression, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "failed" and report["bad_chunks"][0]["branch"] == branch
     kept = list((out / "checkpoint").glob("*/chunks/*.npz"))
-    assert len(kept) == report["total_chunks"] - 1 == 24
+    assert len(kept) == report["total_chunks"] - 1 == 4
 
     # --resume --skip-bad-files reuses every finished chunk and skips the bad one
     assert cli(["run", str(cfg), "-o", str(out), "--no-plots", "--resume", "--skip-bad-files"]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["status"] == "complete" and report["resumed_chunks"] == 24 and report["processed_chunks"] == 24
+    assert report["status"] == "complete" and report["resumed_chunks"] == 4 and report["processed_chunks"] == 4
     [chunk] = report["bad_chunks"]
     assert (chunk["file"], chunk["entry_start"], chunk["entry_stop"], chunk["branch"]) == (str(bad), start, stop, branch)
     assert chunk["error"]
     assert report["lost_events_total"] == stop - start == BASKET
-    assert report["processed_events"] + report["lost_events_total"] == 2500
-    assert report["datasets"]["TT"] == {"processed_events": 1400, "lost_events": 100, "bad_files": 0}
+    assert report["processed_events"] + report["lost_events_total"] == 500
+    assert report["datasets"]["TT"] == {"processed_events": 200, "lost_events": 100, "bad_files": 0}
     assert not (out / "checkpoint").exists()  # removed after a complete run
 
     # the histograms are those of a run over the remaining chunks, bit for bit
@@ -275,7 +275,8 @@ def crema(*args: str, **kw) -> subprocess.Popen:
 
 
 @pytest.mark.parametrize("executor, sig", [("iterative", signal.SIGINT), ("futures", signal.SIGTERM),
-                                           ("dask", signal.SIGINT)])
+                                           pytest.param("dask", signal.SIGINT, marks=pytest.mark.slow)],
+                         ids=["iterative-SIGINT", "futures-SIGTERM", "dask-SIGINT"])
 def test_interrupt_then_resume_is_bit_identical(samples, reference, tmp_path, executor, sig):
     cfg = write_config(tmp_path / "config.yaml", samples, name=executor, workers=2)
     out = tmp_path / "out"
@@ -294,7 +295,7 @@ def test_interrupt_then_resume_is_bit_identical(samples, reference, tmp_path, ex
     m = re.fullmatch(r"interrupted: (\d+) of (\d+) chunks done; rerun with --resume", stderr.strip().splitlines()[-1])
     assert m, stderr
     done, total = int(m[1]), int(m[2])
-    assert 1 <= done < total == 25
+    assert 1 <= done < total == 5
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "interrupted" and report["processed_chunks"] == done
     assert not list(out.glob("checkpoint/*/chunks/.*tmp"))  # no half-written checkpoint left
@@ -391,5 +392,5 @@ def test_outputs_follow_config_order(reference):
     assert list(json.loads((reference / "cutflow.json").read_text())) == ["TT", "HH"]
     report = json.loads((reference / "report.json").read_text())
     assert list(report["datasets"]) == ["TT", "HH"]
-    assert report["processed_events"] == 2500 and report["lost_events_total"] == 0
-    assert report["status"] == "complete" and report["processed_chunks"] == report["total_chunks"] == 25
+    assert report["processed_events"] == 500 and report["lost_events_total"] == 0
+    assert report["status"] == "complete" and report["processed_chunks"] == report["total_chunks"] == 5

@@ -281,7 +281,9 @@ def executor_for(cfg: ExecutorConfig) -> Iterator[processor.executor.ExecutorBas
     elif cfg.name == "futures":
         from concurrent.futures import ProcessPoolExecutor
 
-        pool = ProcessPoolExecutor(max_workers=cfg.workers)
+        # workers ignore Ctrl-C (a terminal signals the whole process group): this process stops them
+        pool = ProcessPoolExecutor(max_workers=cfg.workers, initializer=signal.signal,
+                                   initargs=(signal.SIGINT, signal.SIG_IGN))
         try:
             yield processor.FuturesExecutor(pool=pool, workers=cfg.workers, status=cfg.progress)
         except BaseException:
@@ -302,9 +304,24 @@ def executor_for(cfg: ExecutorConfig) -> Iterator[processor.executor.ExecutorBas
                     raise InputError(f"cannot reach the dask scheduler at {cfg.scheduler} "
                                      f"within {SCHEDULER_TIMEOUT_S} s ({type(err).__name__})") from None
             else:
-                cluster = stack.enter_context(_cluster(cfg))
+                with _workers_ignore_sigint():
+                    cluster = stack.enter_context(_cluster(cfg))
                 client = stack.enter_context(Client(cluster))
             yield processor.DaskExecutor(client=client, status=cfg.progress)
+
+
+@contextlib.contextmanager
+def _workers_ignore_sigint() -> Iterator[None]:
+    """Processes started inside inherit an ignored SIGINT, so Ctrl-C reaches only this process
+    (which then closes the cluster) instead of printing a traceback from every dask worker."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _cluster(cfg: ExecutorConfig):
