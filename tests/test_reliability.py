@@ -263,8 +263,28 @@ def test_processor_errors_still_propagate(samples, tmp_path):
             return accumulator
 
     cfg = load_config(write_config(tmp_path / "c.yaml", {"HH": samples["HH"]}, skip_bad_files=True, maxchunks=1))
-    with pytest.raises(Exception, match="a bug in the analysis"):
+    with pytest.raises(Exception, match="a bug in the analysis") as excinfo:
         run(cfg, Broken())
+    report = excinfo.value.crema_report  # not taken for a read error: no bad chunk, the run failed
+    assert report.status == "failed" and not report.bad_chunks and "ZeroDivisionError" in report.error
+
+
+def test_processor_counters_reach_the_report(samples, tmp_path):
+    cfg = load_config(write_config(tmp_path / "c.yaml", {"HH": samples["HH"]}, maxchunks=2))
+    proc = build_processor(cfg)
+
+    class Counting(type(proc)):
+        def process(self, events):
+            out = super().process(events)
+            out["nonfinite"] = {"Jet_pt": np.int64(1)}
+            out["undefined"] = {"HH": {"dl": {"hme_mass": 3}}}
+            return out
+
+    proc.__class__ = Counting
+    _, report = run(cfg, proc)
+    d = report.to_dict()
+    assert d["nonfinite"] == {"Jet_pt": 2} and d["undefined"] == {"HH": {"dl": {"hme_mass": 6}}}
+    json.dumps(d)  # numpy counters became plain numbers
 
 
 # ------------------------------------------------------------------------------------------ interrupt / resume

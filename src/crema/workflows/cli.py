@@ -14,7 +14,7 @@ from rich.console import Console
 
 from crema.schema import ConfigError
 from crema.workflows.config import Config, dump_config, load_config
-from crema.workflows.run import InputError, RunFailed, RunInterrupted, generate_inputs, run
+from crema.workflows.run import InputError, RunInterrupted, generate_inputs, run
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEMO_CONFIGS = {"hhbbww": CONFIG_DIR / "demo.yaml", "tth": CONFIG_DIR / "demo_tth.yaml"}
@@ -56,10 +56,12 @@ def run_and_write(config: Config, outdir: Path, plots: bool = True, resume: bool
     start = time.perf_counter()
     try:
         output, report = run(config, checkpoint=outdir / CHECKPOINT, resume=resume)
-    except (RunFailed, RunInterrupted) as err:
-        write_report(err.report.to_dict(), outdir)
-        if err.report.bad_files or err.report.bad_chunks:
-            print_problems(err.report, console)
+    except Exception as err:  # RunInterrupted and RunFailed carry the report; other errors may
+        report = getattr(err, "report", None) or getattr(err, "crema_report", None)
+        if report is not None:
+            write_report(report.to_dict(), outdir)
+            if report.bad_files or report.bad_chunks:
+                print_problems(report, console)
         raise
     elapsed = time.perf_counter() - start
     # rich wraps at 80 columns when not writing to a terminal; a cutflow reads better unwrapped

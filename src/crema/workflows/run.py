@@ -94,7 +94,14 @@ class RunReport:
     status: str = "complete"
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # processor counters passed through (nonfinite, ...)
-    chunk_keys: list[str] = field(default_factory=list, repr=False)  # checkpoint names of the run's chunks
+    chunks: list[tuple[str, str, int, int]] = field(default_factory=list, repr=False)  # (key, file, start, stop)
+
+    def count_done(self, done: set[str]) -> None:
+        """Set ``processed`` and ``processed_chunks`` from the chunks whose checkpoint is in ``done``."""
+        self.processed = {}
+        for key, f, start, stop in self.chunks:
+            self.processed[f] = self.processed.get(f, 0) + (stop - start if key in done else 0)
+        self.processed_chunks = sum(key in done for key, *_ in self.chunks)
 
     @property
     def lost(self) -> dict[str, int]:
@@ -545,8 +552,15 @@ def run(config: Config, proc: processor.ProcessorABC | None = None, *, checkpoin
             output = _run_chunks(config, proc, fileset, report, chunk_dir)
         except KeyboardInterrupt:
             report.status = "interrupted"
-            report.processed_chunks = len(_done_keys(chunk_dir) & set(report.chunk_keys))
+            report.count_done(_done_keys(chunk_dir))
             raise RunInterrupted(report, resumable) from None
+        except RunFailed:
+            raise
+        except Exception as err:  # the processor's own error: propagates, with the report attached
+            report.status, report.error = "failed", _one_line(err)
+            report.count_done(_done_keys(chunk_dir))
+            err.crema_report = report
+            raise
     return output, report
 
 
@@ -574,7 +588,8 @@ def _run_chunks(config: Config, proc, fileset, report: RunReport, chunk_dir: Pat
                 if rank[c.dataset] <= ex.maxchunks:
                     kept.append(c)
             chunks = kept
-        keys = report.chunk_keys = [_key(c) for c in chunks]
+        keys = [_key(c) for c in chunks]
+        report.chunks = [(k, c.filename, int(c.entrystart), int(c.entrystop)) for k, c in zip(keys, chunks)]
         report.total_chunks = len(chunks)
         expected: dict[str, int] = defaultdict(int)
         for chunk in chunks:
@@ -598,21 +613,18 @@ def _run_chunks(config: Config, proc, fileset, report: RunReport, chunk_dir: Pat
                 # coffea's message names the work item (file and entry range) that failed
                 report.status = "failed"
                 report.error = f"reading a chunk failed: {err}; use --skip-bad-files to skip such chunks"
-                report.processed_chunks = len(_done_keys(chunk_dir) & set(keys))
+                report.count_done(_done_keys(chunk_dir))
                 raise RunFailed(report.error, report) from err
     done = _done_keys(chunk_dir)
+    report.count_done(done)
     bad = acc.get("bad_chunks", {})
     for chunk, key in zip(chunks, keys):
         if key in done:
-            report.processed[chunk.filename] = report.processed.get(chunk.filename, 0) + chunk.entrystop - chunk.entrystart
             continue
         # not done: its read error, or coffea skipped it (the file failed to open during the run)
         info = bad.get(key, {"branch": None, "error": "the file could not be opened during the run"})
         report.bad_chunks.append({"dataset": chunk.dataset, "file": chunk.filename, "entry_start": int(chunk.entrystart),
                                   "entry_stop": int(chunk.entrystop), "branch": info["branch"], "error": info["error"]})
-    for chunk in chunks:  # a file whose chunks all failed still appears, with 0 events
-        report.processed.setdefault(chunk.filename, 0)
-    report.processed_chunks = sum(k in done for k in keys)
     if report.bad_chunks and not ex.skip_bad_files:
         c = report.bad_chunks[0]
         where = f", branch {c['branch']!r}" if c["branch"] else ""
