@@ -289,8 +289,7 @@ def executor_for(cfg: ExecutorConfig) -> Iterator[processor.executor.ExecutorBas
         from concurrent.futures import ProcessPoolExecutor
 
         # workers ignore Ctrl-C (a terminal signals the whole process group): this process stops them
-        pool = ProcessPoolExecutor(max_workers=cfg.workers, initializer=signal.signal,
-                                   initargs=(signal.SIGINT, signal.SIG_IGN))
+        pool = ProcessPoolExecutor(max_workers=cfg.workers, initializer=_worker_signals)
         try:
             yield processor.FuturesExecutor(pool=pool, workers=cfg.workers, status=cfg.progress)
         except BaseException:
@@ -315,6 +314,13 @@ def executor_for(cfg: ExecutorConfig) -> Iterator[processor.executor.ExecutorBas
                     cluster = stack.enter_context(_cluster(cfg))
                 client = stack.enter_context(Client(cluster))
             yield processor.DaskExecutor(client=client, status=cfg.progress)
+
+
+def _worker_signals() -> None:
+    """In a pool worker: ignore Ctrl-C and die quietly on SIGTERM (the parent's handlers are inherited
+    on fork; the parent stops its workers itself)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @contextlib.contextmanager
@@ -428,6 +434,8 @@ def open_checkpoint(root: str | Path, manifest: dict[str, Any], resume: bool) ->
             raise ConfigError(f"{root}: the checkpoint there was made with a different {what}; "
                               "it cannot be resumed with this config (rerun without --resume to start over)")
     (run_dir / "chunks").mkdir(parents=True, exist_ok=True)
+    for stale in (run_dir / "chunks").glob(".*.tmp"):  # a writer killed before its rename
+        stale.unlink()
     manifest_path = run_dir / "manifest.json"
     if not manifest_path.exists():
         manifest_path.write_text(json.dumps(manifest, indent=1, default=str))
