@@ -686,7 +686,8 @@ def save_model(net: JetCalibrationNet, config: CalibrationConfig, transform: Tra
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[JetCalibrationNet, CalibrationConfig, Transform]:
     """The network (eval mode), config and transform of a ``checkpoint.pt``."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    # weights_only: tensors and plain containers only, so a crafted checkpoint cannot run code
+    state = torch.load(path, map_location="cpu", weights_only=True)
     config = load_config(state["config"])
     transform = from_dict(Transform, state["transform"], "transform")
     net = build_network(config, transform)
