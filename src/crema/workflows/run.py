@@ -384,7 +384,7 @@ def run_manifest(config: Config, proc: processor.ProcessorABC) -> dict[str, Any]
         datasets.append({"name": d.name, "kind": d.kind, "process": d.process, "xsec_pb": d.xsec_pb,
                          "treename": d.treename, "files": files})
     return {
-        "crema": __version__,
+        "crema_version": __version__,
         "processor": {"name": config.processor.name, "class": f"{type(proc).__module__}.{type(proc).__qualname__}",
                       "options": config.processor.options},
         "era": config.era,
@@ -415,8 +415,8 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return out
 
 
-def open_checkpoint(root: str | Path, manifest: dict[str, Any], resume: bool) -> tuple[Path, bool]:
-    """The chunk folder for this run under ``root`` (created); ``(folder, resumable)``.
+def open_checkpoint(root: str | Path, manifest: dict[str, Any], resume: bool) -> Path:
+    """The chunk folder for this run under ``root`` (created).
 
     Without ``resume`` an earlier checkpoint under ``root`` is removed (a fresh start). With ``resume``
     a checkpoint of another config, processor options or input files is refused, naming what differs.
@@ -439,7 +439,7 @@ def open_checkpoint(root: str | Path, manifest: dict[str, Any], resume: bool) ->
     manifest_path = run_dir / "manifest.json"
     if not manifest_path.exists():
         manifest_path.write_text(json.dumps(manifest, indent=1, default=str))
-    return run_dir / "chunks", True
+    return run_dir / "chunks"
 
 
 def _done_keys(chunk_dir: Path) -> set[str]:
@@ -554,7 +554,7 @@ def run(config: Config, proc: processor.ProcessorABC | None = None, *, checkpoin
             resume, resumable = False, False
         else:
             resumable = True
-        chunk_dir, _ = open_checkpoint(checkpoint, run_manifest(config, proc), resume)
+        chunk_dir = open_checkpoint(checkpoint, run_manifest(config, proc), resume)
         stack.enter_context(_sigterm_interrupts())
         try:
             output = _run_chunks(config, proc, fileset, report, chunk_dir)
