@@ -144,6 +144,8 @@ def test_threads_and_session_options(toy_path):
     opts = model.session().get_session_options()
     assert opts.intra_op_num_threads == 2
     assert model.session().get_providers() == ["CPUExecutionProvider"]
+    # one memory pattern per input shape would grow over a long run (benchmarks/bench_soak.py)
+    assert not opts.enable_mem_pattern
 
 
 def test_session_cache_is_per_process(toy_path, monkeypatch):

@@ -221,6 +221,39 @@ def clip(values: np.ndarray, bounds: tuple[float, float] | None) -> np.ndarray:
     return np.clip(values, lo, np.nextafter(hi, -np.inf) if np.isfinite(hi) else hi)
 
 
+def guard(values: np.ndarray, bounds: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``values`` made safe to evaluate, and the mask of entries that were not usable.
+
+    NaN and +-inf (a correction with an infinite last edge, as muon SFs have, fails on +inf with
+    "Index above bounds") are replaced by a finite stand-in (1 clipped into ``bounds``), then
+    everything is :func:`clip`-ped into ``bounds`` (``None``: no clipping, e.g. the JEC).
+    """
+    bad = ~np.isfinite(values)
+    if bad.any():
+        values = np.where(bad, clip(np.array(1.0), bounds), values)
+    return clip(values, bounds), bad
+
+
+def evaluate(correction: Any, args: list[Any], bounds: list[tuple[float, float] | None]) -> np.ndarray:
+    """``correction.evaluate(*args)`` as float64, with every real array input :func:`guard`-ed.
+
+    Entries whose inputs were not finite are evaluated on the stand-in and returned as NaN, so no
+    input value can make correctionlib raise and no made-up factor can pass for a real one; the
+    callers decide what NaN means (jets: the jet is dropped; weights: the event fails ``finite weight``).
+    ``bounds`` holds one range (or ``None``) per argument.
+    """
+    safe, bad = [], None
+    for value, bound in zip(args, bounds):
+        if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+            value, nonfinite = guard(value, bound)
+            bad = nonfinite if bad is None else bad | nonfinite
+        safe.append(value)
+    out = np.asarray(correction.evaluate(*safe), dtype=np.float64)
+    if bad is not None and bad.any():
+        out = np.where(bad, np.nan, out)
+    return out
+
+
 # --------------------------------------------------------------------------- evaluation
 @functools.lru_cache(maxsize=16)
 def _correction_set(path: str, mtime: int) -> correctionlib.CorrectionSet:

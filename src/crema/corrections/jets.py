@@ -14,6 +14,10 @@ Steps for each jet (see docs/corrections.md):
    with the SF varied;
 5. jets are re-sorted by pt; :meth:`JetCorrector.corrected_met` propagates the change to MET.
 
+A jet with a non-finite input (pt, eta, area, rho...) gets NaN pt and mass (correctionlib is never
+handed the bad value, :func:`crema.corrections.files.evaluate`); the object selection drops it and
+MET propagation skips it.
+
 Why not coffea's ``CorrectedJetsFactory``: its random stream is seeded from the first and last jet
 of the chunk (results change with chunking), it has no dR requirement on the GenJet match, and its
 lazy graph is heavier than the few array operations needed here. Evaluation stays in correctionlib.
@@ -34,6 +38,7 @@ import numpy as np
 
 from crema.corrections import files
 from crema.corrections.era import EraConfig, JetsConfig, resolve_correction_file
+from crema.physical import physical, physical_kinematics
 from crema.schema import ConfigError
 
 log = logging.getLogger(__name__)
@@ -166,7 +171,9 @@ class JetCorrector:
         if "pt_orig" not in ak.fields(jets):
             raise ValueError("corrected_met needs jets from JetCorrector.correct (no pt_orig field)")
         m = events[met]
-        moved = ak.where(jets.pt > self.config.met_jet_pt_min, jets.pt - jets.pt_orig, 0.0)
+        # a jet with unphysical kinematics (dropped by the selection) moves nothing: it must not turn MET into NaN
+        usable = physical_kinematics(jets) & physical(jets.pt_orig, "pt")
+        moved = ak.where(usable & (jets.pt > self.config.met_jet_pt_min), jets.pt - jets.pt_orig, 0.0)
         dx = ak.sum(moved * np.cos(jets.phi), axis=1)
         dy = ak.sum(moved * np.sin(jets.phi), axis=1)
         px = m.pt * np.cos(m.phi) - dx
@@ -203,13 +210,11 @@ class JetCorrector:
 
     def _evaluate(self, name: str, values: dict[str, Any], compound: bool = False) -> np.ndarray:
         # inputs in the order the correction declares them; real inputs clipped into its bin range
+        # (the compound JEC has no ranges: unclipped); NaN out for a jet with a non-finite input
         ranges = self._ranges.get(name, {})
-        args = []
-        for inp in self._inputs[name]:
-            value = values[inp]
-            args.append(files.clip(value, ranges.get(inp)) if isinstance(value, np.ndarray) and value.dtype.kind == "f" else value)
         correction = self.cset.compound[name] if compound else self.cset[name]
-        return np.asarray(correction.evaluate(*args), dtype=np.float64)
+        return files.evaluate(correction, [values[inp] for inp in self._inputs[name]],
+                              [ranges.get(inp) for inp in self._inputs[name]])
 
     def _flat(self, events: ak.Array, jer: tuple[str, ...] = ("nominal", "up", "down")) -> _Flat:
         cfg = self.config
@@ -256,8 +261,8 @@ class JetCorrector:
         z = standard_normal(np.asarray(ak.to_numpy(events.run))[event_of_jet],
                             np.asarray(ak.to_numpy(events.luminosityBlock))[event_of_jet],
                             np.asarray(ak.to_numpy(events.event))[event_of_jet], index, _STREAMS[self.section])
-        energy = np.hypot(flat.pt_jec * np.cosh(flat.eta), flat.mass_jec)
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # unphysical jets give NaN/inf here
+            energy = np.hypot(flat.pt_jec * np.cosh(flat.eta), flat.mass_jec)
             rel_gen = np.where(matched, (flat.pt_jec - gen_pt) / flat.pt_jec, 0.0)
             floor = np.where(energy > 0, _MIN_JET_ENERGY / energy, 1.0)
         out = {}

@@ -8,7 +8,9 @@
   separately (as BTV recommends); only when the era has a ``btag_sf`` section.
 
 Real inputs are clipped into each correction's bin range rather than failing on a muon below the
-SF's 15 GeV edge or an electron beyond |eta| 2.5. Data events get unit weights under the same names,
+SF's 15 GeV edge or an electron beyond |eta| 2.5; a non-finite input gives a NaN factor
+(:func:`crema.corrections.files.evaluate`), which makes the event fail the processors'
+``finite weight`` step instead of crashing the run or weighting a histogram with NaN. Data events get unit weights under the same names,
 so the list of variations does not depend on the dataset.
 """
 
@@ -56,6 +58,7 @@ class _Correction:
         self.ranges = files.input_ranges(info, {k: str(v) for k, v in self.fixed.items()})
 
     def __call__(self, value: str, **arrays: np.ndarray) -> np.ndarray:
+        """The correction for ``value`` (nominal/up/down name); NaN where a real input is not finite."""
         args = []
         for name in self.inputs:
             if name in VALUE_INPUTS:
@@ -65,11 +68,11 @@ class _Correction:
             elif self.types[name] == "int":
                 args.append(np.asarray(arrays[name], dtype=np.int64))
             else:
-                a = np.asarray(arrays[name], dtype=np.float64)
-                args.append(files.clip(a, self.ranges.get(name)))
+                args.append(np.asarray(arrays[name], dtype=np.float64))
         if any(isinstance(a, np.ndarray) and a.size == 0 for a in args):
             return np.ones(0)
-        return np.asarray(files.correction_set(self.path)[self.name].evaluate(*args), dtype=np.float64)
+        return files.evaluate(files.correction_set(self.path)[self.name], args,
+                              [self.ranges.get(name) for name in self.inputs])
 
 
 class EventWeights:

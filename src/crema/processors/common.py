@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Literal
 import awkward as ak
 import hist
 import numpy as np
+from coffea.analysis_tools import PackedSelection
 
+from crema.physical import count_unphysical, physical_kinematics
 from crema.schema import ConfigError, from_dict, load_yaml
 
 if TYPE_CHECKING:
@@ -223,6 +225,78 @@ def normalise_output(out: dict, samples: dict[str, SampleInfo], luminosity_fb: f
     return out
 
 
+# --------------------------------------------------------------------------- bad inputs
+FINITE_MET = "finite MET"
+FINITE_WEIGHT = "finite weight"
+INPUT_STEPS = (FINITE_MET, FINITE_WEIGHT)
+"""Cutflow steps every histogram-filling processor applies first, in this order."""
+
+
+def branch_values(events: ak.Array, branch: str) -> ak.Array | None:
+    """The NanoEvents array holding the NanoAOD ``branch`` (``Jet_pt`` -> ``events.Jet.pt``), or ``None``."""
+    collection, _, name = branch.partition("_")
+    fields = ak.fields(events)
+    if name and collection in fields and name in ak.fields(events[collection]):
+        return events[collection][name]
+    if branch in fields:
+        return events[branch]
+    return None
+
+
+def count_nonfinite(events: ak.Array, branches) -> dict[str, int]:
+    """``{branch: n}``: values of each NanoAOD ``branch`` that are NaN, inf or outside the physical range
+    (:mod:`crema.physical`), counted on the chunk as read, before any correction.
+
+    Every branch gets an entry (0 when clean), so the count shows what was checked; integer
+    branches are 0 without being read. Plain dicts of ints: coffea's accumulate adds them over chunks.
+    """
+    counts = {}
+    for branch in sorted(branches):
+        values = branch_values(events, branch)
+        if values is None:  # not a NanoEvents field (a counter): nothing to check
+            continue
+        if "float" not in str(ak.type(values)):  # ints and booleans cannot be NaN; skip the read
+            counts[branch] = 0
+            continue
+        counts[branch] = count_unphysical(values, branch.partition("_")[2] or branch)
+    return counts
+
+
+def sum_of_weights(events: ak.Array, sample: SampleInfo) -> float:
+    """The chunk's sum of genWeight over events where it is finite (a NaN would void the
+    normalisation of the whole dataset; such events fail ``finite weight``); the event count for data."""
+    if not sample.is_mc:
+        return float(len(events))
+    gen = np.asarray(ak.to_numpy(events.genWeight), dtype=np.float64)
+    return float(gen.sum(where=np.isfinite(gen)))
+
+
+def finite_weights(nominal: np.ndarray, variations=()) -> np.ndarray:
+    """Events whose nominal weight and every weight variation are finite (the ``finite weight`` step)."""
+    ok = np.isfinite(nominal)
+    for w in variations:
+        ok &= np.isfinite(w)
+    return ok
+
+
+def add_input_steps(selection: PackedSelection, cuts: list[str], met: ak.Array,
+                    weight_ok: np.ndarray) -> list[str]:
+    """Add the ``finite MET`` and ``finite weight`` steps to ``selection``; returns them followed by ``cuts``.
+
+    ``finite MET``: MET pt and phi are :func:`~crema.physical.physical` (after the jet corrections
+    moved them); ``finite weight``: see :func:`finite_weights`. They open every channel's cutflow;
+    an event failing either is counted there and filled nowhere, so no NaN reaches a histogram.
+    """
+    selection.add(FINITE_MET, np.asarray(ak.to_numpy(physical_kinematics(met, ("pt", "phi"))), dtype=bool))
+    selection.add(FINITE_WEIGHT, np.asarray(weight_ok, dtype=bool))
+    return [*INPUT_STEPS, *cuts]
+
+
+def count_undefined(value, names, selected: int) -> dict[str, int]:
+    """``{observable: n}``: selected events (``selected`` of them) where ``value(name)`` is not finite."""
+    return {name: int(selected - np.count_nonzero(np.isfinite(value(name)))) for name in names}
+
+
 def fill_histograms(hists: dict, value, dataset: str, channel: str, systematic: str, weight,
                     regions: dict) -> None:
     """Fill every booked observable per region; ``value(name)`` gives float64 per event (NaN: not filled)."""
@@ -237,13 +311,17 @@ def fill_histograms(hists: dict, value, dataset: str, channel: str, systematic: 
 
 
 def fill_cutflow(out: dict, dataset: str, channel: str, selection, cuts: list[str], weight) -> None:
-    """Record the cumulative event counts and weighted sums of ``cuts`` (a coffea PackedSelection)."""
+    """Record the cumulative event counts and weighted sums of ``cuts`` (a coffea PackedSelection).
+
+    Weighted sums skip non-finite weights (those events fail ``finite weight``), so no step is NaN.
+    """
+    finite = np.isfinite(weight)
     counts = {"all events": len(weight)}
-    sums = {"all events": float(weight.sum())}
+    sums = {"all events": float(weight.sum(where=finite))}
     for i, cut in enumerate(cuts):
         mask = selection.all(*cuts[: i + 1])
         counts[cut] = int(mask.sum())
-        sums[cut] = float(weight[mask].sum())
+        sums[cut] = float(weight.sum(where=mask & finite))
     out["cutflow"].setdefault(dataset, {})[channel] = counts
     out["cutflow_weighted"].setdefault(dataset, {})[channel] = sums
 

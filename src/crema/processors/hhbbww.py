@@ -19,13 +19,18 @@ from crema.processors.common import (
     JetCorrectionOptions,
     SampleInfo,
     SpanetOptions,
+    add_input_steps,
     book,
     correct_events,
+    count_nonfinite,
+    count_undefined,
     fill_cutflow,
     fill_histograms,
+    finite_weights,
     jet_correction_branches,
     load_histogram_specs,
     normalise_output,
+    sum_of_weights,
 )
 from crema.schema import ConfigError
 from crema.selections import hhbbww as sel
@@ -301,6 +306,8 @@ class HHbbWWProcessor(processor.ProcessorABC):
             "cutflow_weighted": {},
             "processed": {},
             "btag_efficiency": {},  # dataset -> pt x |eta| x flavour x tagged counts (simulation)
+            "nonfinite": {},  # branch -> values NaN, inf or outside the physical range
+            "undefined": {},  # dataset -> channel -> observable -> selected events without a value (nominal)
         }
 
     def process(self, events: ak.Array) -> dict[str, Any]:
@@ -310,11 +317,13 @@ class HHbbWWProcessor(processor.ProcessorABC):
         n = len(events)
         out["nevents"][dataset] = n
         out["processed"][events.metadata["filename"]] = n
+        out["nonfinite"] = count_nonfinite(events, self.required_branches(sample))
 
         variants = self.correct(events, sample)
         nominal = self.select(variants[NOMINAL])
         weights = self.weights(variants[NOMINAL], sample, nominal)
-        out["sumw"][dataset] = float(np.sum(weights.partial_weight(include=["genWeight"]))) if sample.is_mc else float(n)
+        out["sumw"][dataset] = sum_of_weights(events, sample)
+        weight_ok = finite_weights(weights.weight(), (weights.weight(v) for v in self.weight_variations))
 
         passed_any = np.zeros(n, dtype=bool)  # events passing some channel (nominal)
         for systematic, corrected in variants.items():
@@ -323,6 +332,7 @@ class HHbbWWProcessor(processor.ProcessorABC):
             regions = sel.region_masks(objects, self.selection.regions)
             for channel in self.channels:
                 selection, cuts = sel.channel_selection(objects, channel, self.selection.channels[channel])
+                cuts = add_input_steps(selection, cuts, objects.met, weight_ok)
                 if systematic == NOMINAL:
                     fill_cutflow(out, dataset, channel, selection, cuts, weights.weight())
                 mask = selection.all(*cuts)
@@ -334,6 +344,9 @@ class HHbbWWProcessor(processor.ProcessorABC):
                 event = _Event(chosen, inferred, self.selection.btag.score)
                 self.fill(out["histograms"], dataset, channel, _axis_name(systematic), event,
                           weights.weight()[mask], in_regions)
+                if systematic == NOMINAL:
+                    out["undefined"].setdefault(dataset, {})[channel] = count_undefined(
+                        event.value, out["histograms"], int(mask.sum()))
                 if systematic == NOMINAL and sample.is_mc:
                     for variation in self.weight_variations:
                         self.fill(out["histograms"], dataset, channel, variation, event,

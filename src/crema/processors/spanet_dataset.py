@@ -33,6 +33,8 @@ from crema.models.spanet import (
     jet_features,
     met_features,
 )
+from crema.physical import physical_kinematics
+from crema.processors.common import count_nonfinite
 from crema.selections.config import load_selection
 from crema.selections.hhbbww import required_branches, select_objects
 
@@ -205,11 +207,16 @@ class SpanetDataset(processor.ProcessorABC):
 
     # -- per chunk ----------------------------------------------------------
     def process(self, events) -> dict:
-        """One chunk -> ``{"datasets": {name: [chunk record]}, "processed": {file: entries}}``."""
+        """One chunk -> ``{"datasets": {name: [chunk record]}, "processed": {file: entries}, "nonfinite": {branch: n}}``.
+
+        Objects with unphysical kinematics are dropped by the selection; events whose MET is not
+        physical are not written (a NaN input would poison training).
+        """
         meta = events.metadata
         dataset = meta["dataset"]
         objs = select_objects(events, self.selection, 1.0, self.met)  # (b-tag threshold unused here)
-        keep = ak.to_numpy((ak.num(objs.leptons, axis=1) == self.n_leptons) & (ak.num(objs.jets, axis=1) >= self.min_jets))
+        keep = ak.to_numpy((ak.num(objs.leptons, axis=1) == self.n_leptons) & (ak.num(objs.jets, axis=1) >= self.min_jets)
+                           & physical_kinematics(objs.met, ("pt", "phi", "sumEt")))
         ev = events[keep]
         objs = objs[keep]
         jets = objs.jets[ak.argsort(objs.jets.pt, axis=1, ascending=False, stable=True)]
@@ -222,7 +229,8 @@ class SpanetDataset(processor.ProcessorABC):
             for name in names:
                 arrays[f"CLASSIFICATIONS/{target}/{name}"] = np.full(len(ev), self.labels.get(dataset, -1), dtype=np.int64)
         record = {"file": meta.get("filename", ""), "start": int(meta.get("entrystart", 0)), "arrays": arrays}
-        return {"datasets": {dataset: [record]}, "processed": {meta.get("filename", dataset): len(events)}}
+        return {"datasets": {dataset: [record]}, "processed": {meta.get("filename", dataset): len(events)},
+                "nonfinite": count_nonfinite(events, self.required_branches())}
 
     def _inputs(self, jets, met) -> dict[str, np.ndarray]:
         J = self.max_jets
@@ -356,6 +364,7 @@ class SpanetDataset(processor.ProcessorABC):
             "dataset": datasets,
             "dataset_index": np.concatenate(ds_index) if ds_index else np.zeros(0, np.int64),
             "processed": dict(accumulator.get("processed", {})),
+            "nonfinite": dict(accumulator.get("nonfinite", {})),
         }
 
 

@@ -23,13 +23,18 @@ from crema.processors.common import (
     JetCorrectionOptions,
     SampleInfo,
     SpanetOptions,
+    add_input_steps,
     book,
     correct_events,
+    count_nonfinite,
+    count_undefined,
     fill_cutflow,
     fill_histograms,
+    finite_weights,
     jet_correction_branches,
     load_histogram_specs,
     normalise_output,
+    sum_of_weights,
 )
 from crema.schema import ConfigError
 from crema.selections import hhbbww as sel
@@ -149,6 +154,7 @@ class TTHProcessor(processor.ProcessorABC):
         return {
             "histograms": book(self.hist_specs, list(self.samples), [CHANNEL], list(REGIONS), [NOMINAL]),
             "sumw": {}, "nevents": {}, "cutflow": {}, "cutflow_weighted": {}, "processed": {},
+            "nonfinite": {}, "undefined": {},  # as the HH->bbWW processor's
         }
 
     def process(self, events: ak.Array) -> dict[str, Any]:
@@ -158,12 +164,14 @@ class TTHProcessor(processor.ProcessorABC):
         n = len(events)
         out["nevents"][dataset] = n
         out["processed"][events.metadata["filename"]] = n
+        out["nonfinite"] = count_nonfinite(events, self.required_branches(sample))
         weight = (np.asarray(ak.to_numpy(events.genWeight), dtype=np.float64) if sample.is_mc else np.ones(n))
-        out["sumw"][dataset] = float(weight.sum())
+        out["sumw"][dataset] = sum_of_weights(events, sample)
 
         events = correct_events(self.jet_corrector, events, [], self.options.met)[NOMINAL]
         objects = sel.select_objects(events, self.selection, self.btag_threshold, self.options.met)
         selection, cuts = self.event_selection(objects)
+        cuts = add_input_steps(selection, cuts, objects.met, finite_weights(weight))
         fill_cutflow(out, dataset, CHANNEL, selection, cuts, weight)
         mask = selection.all(*cuts)
         chosen = objects[mask]
@@ -171,6 +179,7 @@ class TTHProcessor(processor.ProcessorABC):
         regions = {"inclusive": np.ones(int(mask.sum()), bool),
                    "ge3b": record["n_bjets"] >= self.options.cuts.min_btags_tight_region}
         self.fill(out["histograms"], dataset, record, weight[mask], regions)
+        out["undefined"][dataset] = {CHANNEL: count_undefined(self._value(record), out["histograms"], int(mask.sum()))}
         return out
 
     def postprocess(self, accumulator: dict[str, Any]) -> dict[str, Any]:
@@ -209,5 +218,8 @@ class TTHProcessor(processor.ProcessorABC):
 
     def fill(self, hists, dataset: str, record: dict[str, np.ndarray], weight: np.ndarray,
              regions: dict[str, np.ndarray]) -> None:
-        fill_histograms(hists, lambda name: np.asarray(OBSERVABLES[name](record), dtype=np.float64),
-                        dataset, CHANNEL, NOMINAL, weight, regions)
+        fill_histograms(hists, self._value(record), dataset, CHANNEL, NOMINAL, weight, regions)
+
+    @staticmethod
+    def _value(record: dict[str, np.ndarray]):
+        return lambda name: np.asarray(OBSERVABLES[name](record), dtype=np.float64)

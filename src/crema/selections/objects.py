@@ -1,6 +1,8 @@
 """NanoAODv12 object selections: pure functions from collections and thresholds to masks/collections.
 
 Each function states the branches it reads in ``uses`` so a processor can check its inputs up front.
+Every selection drops objects whose kinematics are not :func:`crema.physical.physical` (NaN, inf or
+beyond the physical range): +inf would pass a pt cut, NaN would poison sums downstream.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import awkward as ak
 from coffea.nanoevents.methods import candidate
 
+from crema.physical import physical_kinematics
 from crema.selections.config import ElectronCuts, JetCuts, MuonCuts
 
 
@@ -21,11 +24,12 @@ def _uses(*branches: str):
     return decorate
 
 
-@_uses("Electron_pt", "Electron_eta", "Electron_dz", "Electron_dxy", "Electron_sip3d", "Electron_miniPFRelIso_all")
+@_uses("Electron_pt", "Electron_eta", "Electron_phi", "Electron_mass", "Electron_dz", "Electron_dxy", "Electron_sip3d", "Electron_miniPFRelIso_all")
 def electron_mask(electrons: ak.Array, cuts: ElectronCuts) -> ak.Array:
     """Loose (fakeable) electrons: kinematics, impact parameters, mini-isolation and ``cuts.id``."""
     return (
-        (electrons.pt > cuts.pt_min)
+        physical_kinematics(electrons)
+        & (electrons.pt > cuts.pt_min)
         & (abs(electrons.eta) < cuts.abs_eta_max)
         & (abs(electrons.dz) < cuts.abs_dz_max)
         & (abs(electrons.dxy) < cuts.abs_dxy_max)
@@ -35,11 +39,12 @@ def electron_mask(electrons: ak.Array, cuts: ElectronCuts) -> ak.Array:
     )
 
 
-@_uses("Muon_pt", "Muon_eta", "Muon_dz", "Muon_dxy", "Muon_sip3d", "Muon_pfIsoId")
+@_uses("Muon_pt", "Muon_eta", "Muon_phi", "Muon_mass", "Muon_dz", "Muon_dxy", "Muon_sip3d", "Muon_pfIsoId")
 def muon_mask(muons: ak.Array, cuts: MuonCuts) -> ak.Array:
     """Loose muons: kinematics, impact parameters, PF isolation ID and ``cuts.id``."""
     return (
-        (muons.pt > cuts.pt_min)
+        physical_kinematics(muons)
+        & (muons.pt > cuts.pt_min)
         & (abs(muons.eta) < cuts.abs_eta_max)
         & (abs(muons.dz) < cuts.abs_dz_max)
         & (abs(muons.dxy) < cuts.abs_dxy_max)
@@ -92,7 +97,7 @@ def jet_masks(jets: ak.Array, leptons: ak.Array, cuts: JetCuts) -> tuple[ak.Arra
     Forward jets lie in ``abs_eta_max <= |eta| < forward_abs_eta_max`` (none if that is unset).
     """
     abs_eta = abs(jets.eta)
-    base = (jets.pt > cuts.pt_min) & ((jets.jetId & cuts.jet_id_mask) == cuts.jet_id_mask)
+    base = physical_kinematics(jets) & (jets.pt > cuts.pt_min) & ((jets.jetId & cuts.jet_id_mask) == cuts.jet_id_mask)
     base = base & _cleaned(jets, leptons, cuts.lepton_dr_min)
     central = base & (abs_eta < cuts.abs_eta_max)
     if cuts.forward_abs_eta_max is None:
@@ -106,7 +111,8 @@ def jet_masks(jets: ak.Array, leptons: ak.Array, cuts: JetCuts) -> tuple[ak.Arra
 def fatjet_mask(fatjets: ak.Array, leptons: ak.Array, cuts: JetCuts) -> ak.Array:
     """AK8 jets: pt, |eta|, jet ID and cleaning against selected leptons."""
     return (
-        (fatjets.pt > cuts.pt_min)
+        physical_kinematics(fatjets)
+        & (fatjets.pt > cuts.pt_min)
         & (abs(fatjets.eta) < cuts.abs_eta_max)
         & ((fatjets.jetId & cuts.jet_id_mask) == cuts.jet_id_mask)
         & _cleaned(fatjets, leptons, cuts.lepton_dr_min)
@@ -125,6 +131,5 @@ def by_score(jets: ak.Array, score: str) -> ak.Array:
 
 SELECTION_BRANCHES = (
     electron_mask.uses | muon_mask.uses | jet_masks.uses | fatjet_mask.uses
-    | {"Electron_phi", "Electron_mass", "Electron_charge", "Electron_pdgId",
-       "Muon_phi", "Muon_mass", "Muon_charge", "Muon_pdgId"}
+    | {"Electron_charge", "Electron_pdgId", "Muon_charge", "Muon_pdgId"}
 )

@@ -37,6 +37,7 @@ from crema.processors.jet_calib_dataset import (
     load_options,
     prepare_output,
 )
+from crema.extras import require_torch
 from crema.schema import ConfigError
 from crema.workflows.config import Config, load_config
 from crema.workflows.run import generate_inputs, run
@@ -82,11 +83,9 @@ def train_model(master: str | os.PathLike, output: str | os.PathLike, *, data: s
     ``training``: overrides of the config's ``training`` section (``epochs``, ``threads``,
     ``max_jets``...; ``None`` values are ignored); the model's ``config.yaml`` records them.
     """
-    try:
-        from crema.models.jet_calibration_train import TrainingConfig, train
-        from crema.models.jet_calibration_train import load_config as load_master
-    except ImportError as err:  # pragma: no cover - depends on the installation
-        raise ConfigError(f"calib-train needs torch (pip install 'crema[train]'): {err}") from None
+    require_torch("calib-train")
+    from crema.models.jet_calibration_train import TrainingConfig, train
+    from crema.models.jet_calibration_train import load_config as load_master
     from crema.schema import from_dict, to_dict
 
     config = load_master(master)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from crema.extras import require_torch
 from crema.schema import ConfigError
 from crema.workflows.config import Config, dump_config, load_config
 from crema.workflows.run import InputError, RunInterrupted, generate_inputs, run
@@ -235,6 +236,7 @@ def cmd_spanet_dataset(args: argparse.Namespace) -> None:
 
 
 def cmd_spanet_train(args: argparse.Namespace) -> None:
+    require_torch("spanet-train")
     from crema.models.spanet_train import load_train_config, train
 
     config = load_train_config(args.config)
@@ -302,6 +304,7 @@ def cmd_calib_transform(args: argparse.Namespace) -> None:
 
 
 def cmd_calib_train(args: argparse.Namespace) -> None:
+    require_torch("calib-train")
     from crema.workflows.calibration import train_model
 
     start = time.perf_counter()

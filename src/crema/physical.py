@@ -1,0 +1,68 @@
+"""What counts as a usable input value: finite, and for kinematics inside a physical range.
+
+One definition serves the object selection (objects whose kinematics fail it are dropped), the
+``finite MET`` step, the MET propagation of the jet corrections and the per-branch count of bad
+inputs a processor reports (``out["nonfinite"]``). Values beyond the range are not physics: a
+transverse momentum, mass or energy above 100 TeV or a pseudorapidity beyond 10 comes from a
+damaged basket (an uncompressed one has no checksum and can read as 8.8e37) or a broken producer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import awkward as ak
+import numpy as np
+
+MAX_ENERGY_GEV = 1e5
+"""Largest |value| of a transverse momentum, mass or energy field (GeV)."""
+MAX_ABS_ETA = 10.0
+"""Largest |pseudorapidity|."""
+
+#: NanoAOD field names (the part after ``Collection_``) that hold a momentum, mass or energy.
+ENERGY_FIELDS = frozenset({"pt", "mass", "energy", "msoftdrop", "sumEt", "sumPtUnclustered", "ptRaw"})
+#: NanoAOD field names that hold a pseudorapidity.
+ETA_FIELDS = frozenset({"eta"})
+#: The kinematics of a candidate; an object with any of them unphysical is unusable.
+KINEMATICS = ("pt", "eta", "phi", "mass")
+
+
+def limit(field: str) -> float:
+    """The largest physical |value| of the NanoAOD field ``field`` (``inf``: only finiteness is required)."""
+    if field in ENERGY_FIELDS:
+        return MAX_ENERGY_GEV
+    if field in ETA_FIELDS:
+        return MAX_ABS_ETA
+    return np.inf
+
+
+def physical(values, field: str):
+    """``True`` where ``values`` (numpy or awkward, any depth) of the field ``field`` are usable."""
+    bound = limit(field)
+    with np.errstate(invalid="ignore"):
+        if bound == np.inf:
+            return np.isfinite(values)
+        return np.isfinite(values) & (abs(values) <= bound)
+
+
+def physical_kinematics(objects: ak.Array, fields: Iterable[str] = KINEMATICS) -> ak.Array:
+    """Per-object mask: every one of ``fields`` present in ``objects`` is :func:`physical`."""
+    mask = None
+    for f in fields:
+        if f in ak.fields(objects):
+            ok = physical(objects[f], f)
+            mask = ok if mask is None else mask & ok
+    if mask is None:
+        raise ValueError(f"none of the fields {', '.join(fields)} in {ak.fields(objects)}")
+    return mask
+
+
+def count_unphysical(values, field: str) -> int:
+    """How many entries of ``values`` (numpy or awkward) are not :func:`physical` for ``field``."""
+    flat = values
+    if isinstance(values, ak.Array):
+        flat = ak.to_numpy(ak.flatten(values, axis=None)) if values.ndim > 1 else ak.to_numpy(values)
+    flat = np.asarray(flat)
+    if flat.dtype.kind not in "fc":  # integers and booleans are always finite and carry no kinematics
+        return 0
+    return int(flat.size - np.count_nonzero(physical(flat, field)))
