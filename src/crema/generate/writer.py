@@ -16,9 +16,10 @@ CHUNK_SIZE = 100_000  # events per written chunk (about 0.8 GB peak memory)
 PFNANO_CHUNK_SIZE = 20_000  # with ~90 PF candidates per event (about 1 GB)
 
 
-def _tree_types(pfnano: bool = False) -> dict:
+def _tree_types(pfnano: bool = False, theory_weights: bool = True) -> dict:
     """Branch types for ``mktree``: dtypes for scalars, jagged record types for collections."""
-    empty = block_to_records(generate_block("dy", 0, seed=0, block=0, mass=800.0, pfnano=pfnano))
+    empty = block_to_records(generate_block("dy", 0, seed=0, block=0, mass=800.0, pfnano=pfnano,
+                                            theory_weights=theory_weights))
     return {k: (v.type.content if isinstance(v, ak.Array) else v.dtype) for k, v in empty.items()}
 
 
@@ -31,6 +32,7 @@ def write_nanoaod(
     mass: float = 800.0,
     chunk_size: int | None = None,
     pfnano: bool = False,
+    theory_weights: bool = True,
 ) -> pathlib.Path:
     """Generate ``n_events`` of ``process`` and write them to ``path`` as NanoAODv12.
 
@@ -41,7 +43,8 @@ def write_nanoaod(
     ``chunk_size``.  Each collection gets the single ``n<Coll>``
     int32 counter NanoAODSchema expects.  ``pfnano`` adds the PFNano tables
     (``PFCands``, ``JetPFCands``, ``SV``, ``JetSVs``; every other branch unchanged).
-    Returns the path written.
+    ``theory_weights``: write ``LHEScaleWeight``, ``LHEPdfWeight``, ``PSWeight`` (False: a sample
+    without them). Returns the path written.
     """
     check_process(process, mass)
     if n_events < 0:
@@ -53,12 +56,13 @@ def write_nanoaod(
     blocks_per_chunk = max(1, int(chunk_size) // _events.BLOCK_SIZE)
     n_blocks = -(-n_events // _events.BLOCK_SIZE)
     with uproot.recreate(path, compression=COMPRESSION) as f:
-        tree = f.mktree("Events", _tree_types(pfnano), counter_name=lambda c: "n" + c)
+        tree = f.mktree("Events", _tree_types(pfnano, theory_weights), counter_name=lambda c: "n" + c)
         for start in range(0, n_blocks, blocks_per_chunk):
             chunk = Block.concatenate(
                 list(
                     generate_blocks(
-                        process, n_events, seed=seed, mass=mass, start_block=start, n_blocks=blocks_per_chunk, pfnano=pfnano
+                        process, n_events, seed=seed, mass=mass, start_block=start, n_blocks=blocks_per_chunk, pfnano=pfnano,
+                        theory_weights=theory_weights,
                     )
                 )
             )

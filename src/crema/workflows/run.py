@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 import zlib
 from collections import defaultdict
@@ -38,6 +39,9 @@ BAD_FILE_ERRORS: tuple[type[BaseException], ...] = (
     zlib.error,
     uproot.deserialization.DeserializationError,
 )
+
+
+log = logging.getLogger(__name__)
 
 
 class InputError(RuntimeError):
@@ -123,6 +127,7 @@ def preflight(config: Config, proc: processor.ProcessorABC) -> tuple[dict[str, A
     fileset = config.fileset()
     for dataset in config.datasets:
         needs = proc.required_branches(dataset.sample)
+        optional = getattr(proc, "optional_branches", lambda sample: {})(dataset.sample)
         files = fileset[dataset.name]["files"]
         for path, treename in list(files.items()):
             entries = None
@@ -149,6 +154,8 @@ def preflight(config: Config, proc: processor.ProcessorABC) -> tuple[dict[str, A
                 b = missing[0]
                 more = f" (and {len(missing) - 1} more: {', '.join(missing[1:4])}...)" if len(missing) > 1 else ""
                 raise InputError(f"{path}: branch {b!r} is missing; it is needed by {needs[b]}{more}")
+            for b in sorted(set(optional) - branches):
+                log.warning("%s (dataset %s): no branch %r, so these are left out: %s", path, dataset.name, b, optional[b])
     return fileset, report
 
 

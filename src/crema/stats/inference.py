@@ -1,0 +1,133 @@
+"""Fits, significances and CLs limits of a pyhf model (cabinetry on pyhf's numpy backend with Minuit).
+
+Expected quantities are a-priori (nuisance parameters at their nominal values):
+
+* expected discovery significance: the q0 test (asymptotic) on the signal-plus-background Asimov
+  dataset (``mu = 1``), i.e. the median significance if the signal is there;
+* expected limit band: CLs (qtilde, asymptotic) on the background-only Asimov dataset (``mu = 0``),
+  the median and +-1/2 sigma upper limits on ``mu`` at the configured confidence level;
+* ``mu_hat``, pulls and constraints: the fit to the data, or to the ``mu = 1`` Asimov dataset
+  without data (then ``mu_hat = 1`` and its uncertainty is the expected one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cabinetry
+import numpy as np
+import pyhf
+
+from crema.stats.workspace import POI
+
+
+def use_minuit() -> None:
+    """pyhf's numpy backend with the Minuit optimizer (scipy's has convergence trouble with recent scipy)."""
+    pyhf.set_backend("numpy", pyhf.optimize.minuit_optimizer(verbose=0))
+
+
+@dataclass
+class Model:
+    """A pyhf model with its observations (main + auxiliary data) and its Asimov datasets."""
+
+    model: pyhf.pdf.Model
+    data: list[float]
+    asimov_b: list[float]
+    asimov_sb: list[float]
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> "Model":
+        use_minuit()
+        workspace = pyhf.Workspace(spec)
+        model = workspace.model()
+        data = list(map(float, workspace.data(model)))
+        return cls(model, data,
+                   cabinetry.model_utils.asimov_data(model, poi_value=0.0),
+                   cabinetry.model_utils.asimov_data(model, poi_value=1.0))
+
+
+def fit(m: Model, observed: bool) -> cabinetry.fit.FitResults:
+    """Maximum-likelihood fit to the data (``observed``) or to the ``mu = 1`` Asimov dataset."""
+    return cabinetry.fit.fit(m.model, m.data if observed else m.asimov_sb)
+
+
+def significance(m: Model, observed: bool) -> dict[str, float]:
+    """Expected (and with data, observed) discovery significance from the q0 test statistic."""
+    out = {"expected_significance": float(cabinetry.fit.significance(m.model, m.asimov_sb).observed_significance)}
+    if observed:
+        out["observed_significance"] = float(cabinetry.fit.significance(m.model, m.data).observed_significance)
+    return out
+
+
+BAND = ("minus2", "minus1", "median", "plus1", "plus2")
+
+
+def limits(m: Model, observed: bool, confidence_level: float = 0.95) -> dict[str, Any]:
+    """Expected CLs upper limits on ``mu`` (median, +-1, +-2 sigma) and, with data, the observed one."""
+    bounds = m.model.config.suggested_bounds()[m.model.config.poi_index]
+    bracket = (max(bounds[1] * 1e-4, 1e-6), bounds[1])
+    expected = cabinetry.fit.limit(m.model, m.asimov_b, bracket=bracket, confidence_level=confidence_level)
+    out: dict[str, Any] = {"expected_limit": dict(zip(BAND, map(float, expected.expected_limit)))}
+    if observed:
+        result = cabinetry.fit.limit(m.model, m.data, bracket=bracket, confidence_level=confidence_level)
+        out["observed_limit"] = float(result.observed_limit)
+    return out
+
+
+def expected_limit(m: Model, confidence_level: float = 0.95) -> dict[str, float]:
+    """The expected limit band alone (``limits`` without data)."""
+    return limits(m, False, confidence_level)["expected_limit"]
+
+
+def parameters(m: Model, result: cabinetry.fit.FitResults) -> dict[str, dict[str, float]]:
+    """Per parameter: best-fit value, uncertainty, and for constrained ones the pull
+    ``(theta_hat - theta_0) / sigma_prefit`` and the constraint ``sigma_hat / sigma_prefit``."""
+    prefit = cabinetry.model_utils.prefit_uncertainties(m.model)
+    init = m.model.config.suggested_init()
+    out = {}
+    for i, label in enumerate(result.labels):
+        entry = {"value": float(result.bestfit[i]), "uncertainty": float(result.uncertainty[i])}
+        if prefit[i] > 0:  # constrained: normsys/histosys (Gaussian, sigma 1), staterror gammas
+            entry["pull"] = float((result.bestfit[i] - init[i]) / prefit[i])
+            entry["constraint"] = float(result.uncertainty[i] / prefit[i])
+        out[label] = entry
+    return out
+
+
+def ranking(m: Model, result: cabinetry.fit.FitResults, observed: bool) -> cabinetry.fit.RankingResults:
+    """cabinetry's impact ranking: the shift of ``mu_hat`` with each parameter at +-1 sigma pre- and post-fit."""
+    return cabinetry.fit.ranking(m.model, m.data if observed else m.asimov_sb, fit_results=result)
+
+
+def ranking_table(r: cabinetry.fit.RankingResults, top: int) -> list[dict[str, Any]]:
+    """The ``top`` parameters by post-fit impact, largest first (the order cabinetry draws)."""
+    impact = np.maximum(np.abs(r.postfit_up), np.abs(r.postfit_down))
+    order = np.argsort(-impact, kind="stable")[:top]
+    return [{"parameter": r.labels[i], "prefit_up": float(r.prefit_up[i]), "prefit_down": float(r.prefit_down[i]),
+             "postfit_up": float(r.postfit_up[i]), "postfit_down": float(r.postfit_down[i])} for i in order]
+
+
+def analyse(spec: dict[str, Any], observed: bool, confidence_level: float = 0.95,
+            top_impacts: int = 0) -> tuple[dict[str, Any], Model, cabinetry.fit.FitResults,
+                                           cabinetry.fit.RankingResults | None]:
+    """Everything ``crema fit`` reports for a workspace spec: significances, limits, ``mu_hat``,
+    parameters and (``top_impacts`` > 0) the impact ranking. Returns (results, model, fit, ranking)."""
+    m = Model.from_spec(spec)
+    result = fit(m, observed)
+    poi = m.model.config.poi_index
+    results: dict[str, Any] = {
+        "observed": observed,
+        **significance(m, observed),
+        **limits(m, observed, confidence_level),
+        "confidence_level": confidence_level,
+        "mu_hat": float(result.bestfit[poi]),
+        "mu_hat_uncertainty": float(result.uncertainty[poi]),
+        "fit_data": "data" if observed else "asimov (mu=1)",
+        "parameters": {k: v for k, v in parameters(m, result).items() if k != POI},
+    }
+    ranked = None
+    if top_impacts > 0:
+        ranked = ranking(m, result, observed)
+        results["impacts"] = ranking_table(ranked, top_impacts)
+    return results, m, result, ranked
