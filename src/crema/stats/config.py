@@ -16,7 +16,11 @@ class FitConfig:
     process -> relative log-normal normalisation uncertainty (0.05 = 5%), one nuisance parameter per
     process (``norm_<process>``); ``shape_systematics``: include every variation on the systematic axis;
     ``ranking``: how many nuisance parameters the impact plot ranks (0: no ranking, the fastest);
-    ``confidence_level`` of the CLs limits.
+    ``rebin``: merge this many adjacent bins of the observable before fitting (fewer, better-populated
+    bins: fewer MC-statistics parameters and a faster fit); ``prune``: leave out a sample's shape
+    variation when it moves no bin by more than this fraction (0: keep all);
+    ``max_mc_stat``: after ``rebin``, merge adjacent bins until the background's relative MC
+    statistical uncertainty in each is at most this (null: no merging); ``confidence_level`` of the CLs limits.
     """
 
     observable: str = "hme_mass"
@@ -25,6 +29,9 @@ class FitConfig:
     norm_uncertainties: dict[str, float] = field(default_factory=dict)
     shape_systematics: bool = True
     ranking: int = 10
+    rebin: int = 1
+    prune: float = 0.0
+    max_mc_stat: float | None = None
     confidence_level: float = 0.95
 
     def validate(self) -> None:
@@ -33,6 +40,12 @@ class FitConfig:
                 raise ConfigError(f"norm_uncertainties.{process}: expected a relative uncertainty in (0, 1), got {value}")
         if not self.regions:
             raise ConfigError("regions: name at least one region")
+        if not 0.0 <= self.prune < 1.0:
+            raise ConfigError(f"prune: expected a fraction in [0, 1), got {self.prune}")
+        if self.max_mc_stat is not None and not 0.0 < self.max_mc_stat < 1.0:
+            raise ConfigError(f"max_mc_stat: expected a fraction in (0, 1), got {self.max_mc_stat}")
+        if self.rebin < 1:
+            raise ConfigError("rebin: must be >= 1")
         if self.ranking < 0:
             raise ConfigError("ranking: must be >= 0")
         if not 0.5 < self.confidence_level < 1.0:

@@ -63,15 +63,36 @@ def significance(m: Model, observed: bool) -> dict[str, float]:
 BAND = ("minus2", "minus1", "median", "plus1", "plus2")
 
 
-def limits(m: Model, observed: bool, confidence_level: float = 0.95) -> dict[str, Any]:
-    """Expected CLs upper limits on ``mu`` (median, +-1, +-2 sigma) and, with data, the observed one."""
-    bounds = m.model.config.suggested_bounds()[m.model.config.poi_index]
-    bracket = (max(bounds[1] * 1e-4, 1e-6), bounds[1])
-    expected = cabinetry.fit.limit(m.model, m.asimov_b, bracket=bracket, confidence_level=confidence_level)
-    out: dict[str, Any] = {"expected_limit": dict(zip(BAND, map(float, expected.expected_limit)))}
+def limits(m: Model, observed: bool, confidence_level: float = 0.95, points: int = 6) -> dict[str, Any]:
+    """Expected CLs upper limits on ``mu`` (median, +-1, +-2 sigma) and, with data, the observed one.
+
+    pyhf's scan: CLs (qtilde, asymptotic) at ``points`` values of ``mu``, each test giving the observed
+    and the five expected CLs at once, and the crossings of 1 - CL interpolated linearly. The scan
+    spans 0.8 to 4.5 times the Asimov uncertainty ``sigma`` of ``mu`` (asymptotically the expected
+    band at 95% CL runs from about 1.1 to 3.7 sigma) and is widened until every crossing lies inside.
+    """
+    poi = m.model.config.poi_index
+    bounds = [tuple(b) for b in m.model.config.suggested_bounds()]
+    sigma = fit(m, observed=False).uncertainty[poi]
+    lo, hi = 0.8 * sigma, 4.5 * sigma
+    alpha = 1.0 - confidence_level
+    for _ in range(6):
+        bounds[poi] = (0.0, max(bounds[poi][1], 2 * hi))
+        scan = np.linspace(lo, hi, points)
+        datasets = {"expected": m.asimov_b, **({"observed": m.data} if observed else {})}
+        results = {k: pyhf.infer.intervals.upper_limits.upper_limit(d, m.model, scan=scan, level=alpha,
+                                                                    par_bounds=bounds, test_stat="qtilde")
+                   for k, d in datasets.items()}
+        expected = np.asarray(results["expected"][1], dtype=float)
+        found = [*expected, *([float(results["observed"][0])] if observed else [])]
+        if all(lo < x < hi for x in found):
+            break
+        lo, hi = (lo / 2, hi) if min(found) <= lo else (lo, hi * 2)
+    else:
+        raise ValueError(f"no {confidence_level:.0%} CL limit on mu below {hi:g}")
+    out: dict[str, Any] = {"expected_limit": dict(zip(BAND, map(float, expected)))}
     if observed:
-        result = cabinetry.fit.limit(m.model, m.data, bracket=bracket, confidence_level=confidence_level)
-        out["observed_limit"] = float(result.observed_limit)
+        out["observed_limit"] = float(results["observed"][0])
     return out
 
 

@@ -36,6 +36,37 @@ class ChannelTemplates:
     variations: dict[str, dict[str, tuple[np.ndarray | None, np.ndarray | None]]] = field(default_factory=dict)
     data: np.ndarray | None = None
 
+    def merged(self, n: int) -> "ChannelTemplates":
+        """Every ``n`` adjacent bins merged into one (the last group may be smaller); variances add."""
+        return self if n == 1 else self.grouped(np.arange(0, len(self.edges) - 1, n))
+
+    def grouped(self, starts: np.ndarray) -> "ChannelTemplates":
+        """Bins merged into groups beginning at the bin indices ``starts`` (the first must be 0)."""
+        def merge(values):
+            return None if values is None else np.add.reduceat(values, starts)
+
+        return ChannelTemplates(
+            self.name, np.append(self.edges[starts], self.edges[-1]),
+            {p: (merge(v), merge(var)) for p, (v, var) in self.nominal.items()},
+            {p: {s: (merge(up), merge(down)) for s, (up, down) in by.items()} for p, by in self.variations.items()},
+            merge(self.data))
+
+    def background_groups(self, signals: list[str], max_stat: float) -> np.ndarray:
+        """Group starts such that each group's background has a relative MC statistical uncertainty
+        of at most ``max_stat`` (groups grow left to right; a short last group joins the one before)."""
+        backgrounds = [p for p in self.nominal if p not in signals]
+        value = sum(np.clip(self.nominal[p][0], 0, None) for p in backgrounds)
+        variance = sum(np.clip(self.nominal[p][1], 0, None) for p in backgrounds)
+        starts, total, var = [0], 0.0, 0.0
+        for i in range(len(value)):
+            total, var = total + value[i], var + variance[i]
+            if total > 0 and np.sqrt(var) <= max_stat * total and i + 1 < len(value):
+                starts.append(i + 1)
+                total, var = 0.0, 0.0
+        if len(starts) > 1 and (total <= 0 or np.sqrt(var) > max_stat * total):
+            starts.pop()  # the tail did not reach the threshold: merge it into the group before
+        return np.asarray(starts)
+
 
 @dataclass
 class BuiltWorkspace:
@@ -64,7 +95,8 @@ def lognormal(kappa: float) -> dict[str, float]:
 
 
 def build_workspace(channels: list[ChannelTemplates], signals: list[str], lumi_uncertainty: float,
-                    norm_uncertainties: dict[str, float] | None = None, mu_max: float | None = None) -> BuiltWorkspace:
+                    norm_uncertainties: dict[str, float] | None = None, mu_max: float | None = None,
+                    prune: float = 0.0) -> BuiltWorkspace:
     """Build the pyhf workspace of ``channels`` with ``signals`` scaled by ``mu``.
 
     Bins without background (total background <= 0) are dropped from a channel: pyhf's staterror
@@ -73,7 +105,8 @@ def build_workspace(channels: list[ChannelTemplates], signals: list[str], lumi_u
     Observations are the data when every channel has them, else the background-only Asimov
     dataset (the sum of the background templates). Templates without variances get no staterror,
     ``lumi_uncertainty = 0`` no luminosity modifier (closed-form checks). ``mu_max``: the upper bound of ``mu`` (default:
-    10x a rough expected limit, at least 10).
+    10x a rough expected limit, at least 10). ``prune``: a shape variation that moves no bin of a
+    sample by more than this fraction is left out for that sample (the count is noted).
     """
     norm_uncertainties = norm_uncertainties or {}
     if not channels:
@@ -82,6 +115,7 @@ def build_workspace(channels: list[ChannelTemplates], signals: list[str], lumi_u
     notes: list[str] = []
     out_channels, observations, kept_bins, edges = [], [], {}, {}
     s2_over_b = 0.0
+    pruned = 0
     for ch in channels:
         backgrounds = [p for p in ch.nominal if p not in signals]
         if not backgrounds:
@@ -119,11 +153,17 @@ def build_workspace(channels: list[ChannelTemplates], signals: list[str], lumi_u
                 modifiers.append({"name": f"norm_{process}", "type": "normsys",
                                   "data": lognormal(1.0 + norm_uncertainties[process])})
             for stem, (up, down) in sorted(ch.variations.get(process, {}).items()):
-                modifiers += _shape_modifiers(stem, nominal, up, down, keep, f"{ch.name}/{process}", notes)
+                shape = _shape_modifiers(stem, nominal, up, down, keep, f"{ch.name}/{process}", notes)
+                if prune > 0 and _largest_effect(nominal, shape) < prune:
+                    pruned += 1
+                    continue
+                modifiers += shape
             samples.append({"name": process, "data": nominal.tolist(), "modifiers": modifiers})
         out_channels.append({"name": ch.name, "samples": samples})
         data = ch.data[keep] if observed else total_b[keep]
         observations.append({"name": ch.name, "data": np.asarray(data, dtype=float).tolist()})
+    if pruned:
+        notes.append(f"pruned {pruned} sample variations moving no bin by more than {prune:g}")
     if s2_over_b <= 0:
         raise ValueError(f"no signal yield ({', '.join(signals)}) in any fitted bin")
     if mu_max is None:
@@ -139,6 +179,15 @@ def build_workspace(channels: list[ChannelTemplates], signals: list[str], lumi_u
     built = BuiltWorkspace(spec, kept_bins, edges, list(signals), observed, notes)
     built.workspace()  # schema validation now, not at the first fit
     return built
+
+
+def _largest_effect(nominal: np.ndarray, modifiers: list[dict[str, Any]]) -> float:
+    """The largest relative change of any bin under a normsys + histosys pair at +-1 sigma."""
+    norm = next((m["data"] for m in modifiers if m["type"] == "normsys"), {"hi": 1.0, "lo": 1.0})
+    shape = next((m["data"] for m in modifiers if m["type"] == "histosys"), {"hi_data": nominal, "lo_data": nominal})
+    with np.errstate(divide="ignore", invalid="ignore"):
+        effects = [np.abs(norm[k] * np.asarray(shape[f"{k}_data"]) / nominal - 1) for k in ("hi", "lo")]
+    return float(np.nanmax(np.concatenate(effects))) if nominal.any() else 0.0
 
 
 def _shape_modifiers(stem: str, nominal: np.ndarray, up: np.ndarray | None, down: np.ndarray | None,

@@ -19,7 +19,7 @@ import uproot
 
 from crema.corrections.era import load_era
 from crema.schema import ConfigError
-from crema.stats import inference
+from crema.stats import FitFailed, inference
 from crema.stats.config import FitConfig
 from crema.stats.workspace import POI, ChannelTemplates, build_workspace
 from crema.workflows.config import Config, load_config
@@ -127,20 +127,26 @@ def load_inputs(run_dir: str | Path, fit: FitConfig | None = None, signal: str |
         suffixes = {region: f"_{region}_{fit.observable}" for region in fit.regions}
         found = sorted({d[: -len(sfx)] for d in directories for sfx in suffixes.values() if d.endswith(sfx)})
         wanted = fit.channels if fit.channels is not None else found
+        if not wanted:
+            raise InputError(f"{path}: no histograms of observable {fit.observable!r} in regions "
+                             f"{', '.join(fit.regions)} (it has: {', '.join(sorted(directories)[:12])} ...)")
         for channel in wanted:
             for region in fit.regions:
                 directory = f"{channel}{suffixes[region]}"
                 if directory not in directories:
                     known = sorted(directories)
-                    raise InputError(f"{path}: no histograms {directory!r} (channel {channel!r}, region {region!r}, "
+                    raise InputError(f"{path}: no histograms '{directory}' (channel {channel!r}, region {region!r}, "
                                      f"observable {fit.observable!r}); it has: {', '.join(known[:12])}"
                                      f"{' ...' if len(known) > 12 else ''}")
-                ch = read_channel(f, directory, processes, f"{channel}_{region}", path)
+                ch = read_channel(f, directory, processes, f"{channel}_{region}", path).merged(fit.rebin)
                 if not fit.shape_systematics:
                     ch = replace(ch, variations={})
                 # other signals are not part of this fit
                 nominal = {p: v for p, v in ch.nominal.items() if processes[p] != "signal" or p in signals}
-                channels.append(replace(ch, nominal=nominal))
+                ch = replace(ch, nominal=nominal)
+                if fit.max_mc_stat is not None:
+                    ch = ch.grouped(ch.background_groups(signals, fit.max_mc_stat))
+                channels.append(ch)
     return FitInputs(config, fit, channels, signals, era.lumi_uncertainty)
 
 
@@ -158,10 +164,16 @@ def run_fit(run_dir: str | Path, outdir: str | Path, fit: FitConfig | None = Non
     _several_signals(inputs)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    built = build_workspace(inputs.channels, inputs.signals, inputs.lumi_uncertainty, inputs.fit.norm_uncertainties)
+    built = build_workspace(inputs.channels, inputs.signals, inputs.lumi_uncertainty, inputs.fit.norm_uncertainties,
+                            prune=inputs.fit.prune)
     (outdir / "workspace.json").write_text(json.dumps(built.spec, indent=1))
-    results, model, fitted, ranked = inference.analyse(built.spec, built.observed, inputs.fit.confidence_level,
-                                                       inputs.fit.ranking if plots else 0)
+    import pyhf
+
+    try:
+        results, model, fitted, ranked = inference.analyse(built.spec, built.observed, inputs.fit.confidence_level,
+                                                           inputs.fit.ranking if plots else 0)
+    except (pyhf.exceptions.FailedMinimization, ValueError, AssertionError) as err:
+        raise FitFailed(f"the fit of {outdir / 'workspace.json'} did not converge ({str(err).splitlines()[0]})") from None
     results = {
         "signal": inputs.signals[0],
         "observable": inputs.fit.observable,
@@ -175,7 +187,7 @@ def run_fit(run_dir: str | Path, outdir: str | Path, fit: FitConfig | None = Non
     if plots:
         from crema.workflows import fit_plots
 
-        fit_plots.draw_all(model, fitted, ranked, built, inputs, outdir, inputs.fit.ranking)
+        fit_plots.draw_all(model.model, fitted, ranked, built, inputs, outdir, inputs.fit.ranking)
     results["seconds"] = time.perf_counter() - start  # printed, not written: the JSON is deterministic
     return results
 
@@ -190,7 +202,8 @@ def run_scan(run_dir: str | Path, outdir: str | Path, fit: FitConfig | None = No
     points = []
     for process, mass in masses.items():
         inputs = load_inputs(run_dir, fit, process)
-        built = build_workspace(inputs.channels, [process], inputs.lumi_uncertainty, inputs.fit.norm_uncertainties)
+        built = build_workspace(inputs.channels, [process], inputs.lumi_uncertainty, inputs.fit.norm_uncertainties,
+                            prune=inputs.fit.prune)
         (outdir / "scan" / f"workspace_{process}.json").write_text(json.dumps(built.spec, indent=1))
         model = inference.Model.from_spec(built.spec)
         limits = inference.limits(model, built.observed, inputs.fit.confidence_level)
