@@ -205,10 +205,16 @@ def run_scan(run_dir: str | Path, outdir: str | Path, fit: FitConfig | None = No
         built = build_workspace(inputs.channels, [process], inputs.lumi_uncertainty, inputs.fit.norm_uncertainties,
                             prune=inputs.fit.prune)
         (outdir / "scan" / f"workspace_{process}.json").write_text(json.dumps(built.spec, indent=1))
-        model = inference.Model.from_spec(built.spec)
-        limits = inference.limits(model, built.observed, inputs.fit.confidence_level)
-        points.append({"process": process, "mass": mass, **limits,
-                       **inference.significance(model, built.observed), "notes": built.notes})
+        import pyhf
+
+        try:
+            model = inference.Model.from_spec(built.spec)
+            limits = inference.limits(model, built.observed, inputs.fit.confidence_level)
+            significance = inference.significance(model, built.observed)
+        except (pyhf.exceptions.FailedMinimization, ValueError, AssertionError) as err:
+            raise FitFailed(f"the fit of {process} (m = {mass:g} GeV) did not converge "
+                            f"({str(err).splitlines()[0]})") from None
+        points.append({"process": process, "mass": mass, **limits, **significance, "notes": built.notes})
     scan = {"observable": inputs.fit.observable, "channels": [c.name for c in inputs.channels],
             "parameter": POI, "confidence_level": inputs.fit.confidence_level, "points": points}
     (outdir / "scan.json").write_text(json.dumps(scan, indent=2))
