@@ -63,20 +63,22 @@ def significance(m: Model, observed: bool) -> dict[str, float]:
 BAND = ("minus2", "minus1", "median", "plus1", "plus2")
 
 
-def limits(m: Model, observed: bool, confidence_level: float = 0.95, points: int = 6) -> dict[str, Any]:
+def limits(m: Model, observed: bool, confidence_level: float = 0.95, points: int = 6,
+           sigma: float | None = None) -> dict[str, Any]:
     """Expected CLs upper limits on ``mu`` (median, +-1, +-2 sigma) and, with data, the observed one.
 
     pyhf's scan: CLs (qtilde, asymptotic) at ``points`` values of ``mu``, each test giving the observed
     and the five expected CLs at once, and the crossings of 1 - CL interpolated linearly. The scan
     spans 0.8 to 4.5 times the Asimov uncertainty ``sigma`` of ``mu`` (asymptotically the expected
-    band at 95% CL runs from about 1.1 to 3.7 sigma) and is widened until every crossing lies inside.
+    band at 95% CL runs from about 1.1 to 3.7 sigma) and is widened (at most three times) until
+    every crossing lies inside. ``sigma``: that uncertainty when already known (an Asimov fit).
     """
     poi = m.model.config.poi_index
     bounds = [tuple(b) for b in m.model.config.suggested_bounds()]
-    sigma = fit(m, observed=False).uncertainty[poi]
+    sigma = fit(m, observed=False).uncertainty[poi] if sigma is None else sigma
     lo, hi = 0.8 * sigma, 4.5 * sigma
     alpha = 1.0 - confidence_level
-    for _ in range(6):
+    for _ in range(4):
         bounds[poi] = (0.0, max(bounds[poi][1], 2 * hi))
         scan = np.linspace(lo, hi, points)
         datasets = {"expected": m.asimov_b, **({"observed": m.data} if observed else {})}
@@ -140,7 +142,7 @@ def analyse(spec: dict[str, Any], observed: bool, confidence_level: float = 0.95
     results: dict[str, Any] = {
         "observed": observed,
         **significance(m, observed),
-        **limits(m, observed, confidence_level),
+        **limits(m, observed, confidence_level, sigma=None if observed else float(result.uncertainty[poi])),
         "confidence_level": confidence_level,
         "mu_hat": float(result.bestfit[poi]),
         "mu_hat_uncertainty": float(result.uncertainty[poi]),

@@ -173,7 +173,7 @@ def run_fit(run_dir: str | Path, outdir: str | Path, fit: FitConfig | None = Non
         results, model, fitted, ranked = inference.analyse(built.spec, built.observed, inputs.fit.confidence_level,
                                                            inputs.fit.ranking if plots else 0)
     except (pyhf.exceptions.FailedMinimization, ValueError, AssertionError) as err:
-        raise FitFailed(f"the fit of {outdir / 'workspace.json'} did not converge ({str(err).splitlines()[0]})") from None
+        raise FitFailed(f"the fit of {outdir / 'workspace.json'} did not converge ({_reason(err)})") from None
     results = {
         "signal": inputs.signals[0],
         "observable": inputs.fit.observable,
@@ -212,8 +212,7 @@ def run_scan(run_dir: str | Path, outdir: str | Path, fit: FitConfig | None = No
             limits = inference.limits(model, built.observed, inputs.fit.confidence_level)
             significance = inference.significance(model, built.observed)
         except (pyhf.exceptions.FailedMinimization, ValueError, AssertionError) as err:
-            raise FitFailed(f"the fit of {process} (m = {mass:g} GeV) did not converge "
-                            f"({str(err).splitlines()[0]})") from None
+            raise FitFailed(f"the fit of {process} (m = {mass:g} GeV) did not converge ({_reason(err)})") from None
         points.append({"process": process, "mass": mass, **limits, **significance, "notes": built.notes})
     scan = {"observable": inputs.fit.observable, "channels": [c.name for c in inputs.channels],
             "parameter": POI, "confidence_level": inputs.fit.confidence_level, "points": points}
@@ -223,6 +222,14 @@ def run_scan(run_dir: str | Path, outdir: str | Path, fit: FitConfig | None = No
 
         fit_plots.brazil(scan, config.luminosity_fb, outdir / "brazil.png")
     return scan
+
+
+def _reason(err: BaseException) -> str:
+    """One line on why a fit failed (Minuit's result holds several)."""
+    text = str(err).strip()
+    if type(err).__name__ == "FailedMinimization":  # pyhf: the optimiser's result, with Minuit's verdict
+        text = next((line.strip() for line in text.splitlines() if "fail" in line.lower()), "Minuit did not converge")
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else 'no message'}"
 
 
 def summary(results: dict[str, Any]) -> str:
