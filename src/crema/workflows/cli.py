@@ -91,16 +91,6 @@ def cmd_demo(args: argparse.Namespace) -> None:
     config = load_config(DEMO_CONFIGS[args.analysis]).with_executor(**_executor_overrides(args))
     config = generate_inputs(config, outdir / "samples", args.scale, console.print)
     run_and_write(config, outdir, plots=not args.no_plots)
-    if args.analysis == "hhbbww":  # the demo ends in a result: crema fit on its own histograms
-        from crema.workflows.fit import run_fit, summary
-
-        try:
-            results = run_fit(outdir, outdir / "fit", plots=not args.no_plots)
-        except FitFailed as err:  # the run's outputs stand; say why no limit came out
-            console.print(f"[yellow]warning:[/] crema fit {outdir}: {err}")
-            return
-        print(summary(results))
-        console.print(f"fit of {len(results['channels'])} channels in {results['seconds']:.1f} s; outputs in {outdir / 'fit'}")
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
