@@ -217,8 +217,11 @@ class EraConfig:
     electron: ElectronConfig | None = None
     pileup: PileupConfig | None = None
     btag_sf: BTagSFConfig | None = None
+    lumi_uncertainty: float | None = None  # relative integrated-luminosity uncertainty (crema fit)
 
     def validate(self) -> None:
+        if self.lumi_uncertainty is not None and not 0.0 < self.lumi_uncertainty < 1.0:
+            raise ConfigError(f"lumi_uncertainty: expected a relative uncertainty in (0, 1), got {self.lumi_uncertainty}")
         path = resolve_correction_file(self.btag_file)
         if not path.exists():
             raise ConfigError(f"btag_file: {path} does not exist")

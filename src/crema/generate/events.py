@@ -16,12 +16,13 @@ import awkward as ak
 import numpy as np
 
 from . import pfnano as _pfnano
+from . import theory as _theory
 from .genjets import build_inputs, cluster
 from .processes import PROCESS_SPECS, generate_hard
 from .reco_event import met_filters, missing_et, pileup
 from .reco_jets import GENJET_PT_MIN, GENJETAK8_PT_MIN, attach_leptons, gen_collection, reco_ak4, reco_ak8
 from .reco_leptons import reco_leptons
-from .schema import COLLECTIONS, COUNTER_TYPE, EMPTY_COLLECTIONS, SCALARS, collections
+from .schema import COLLECTIONS, COUNTER_TYPE, EMPTY_COLLECTIONS, SCALARS, WEIGHT_ARRAY_TYPE, collections
 from .trigger import triggers
 
 BLOCK_SIZE = 10_000  # events per independent RNG block
@@ -37,6 +38,7 @@ class Block:
 
     scalars: dict[str, np.ndarray]
     collections: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # fixed-width per-event vectors (events, width)
 
     @property
     def n(self) -> int:
@@ -53,7 +55,8 @@ class Block:
             counts = np.concatenate([b.collections[name][0] for b in blocks])
             fields = {k: np.concatenate([b.collections[name][1][k] for b in blocks]) for k in blocks[0].collections[name][1]}
             colls[name] = (counts, fields)
-        return Block(scalars, colls)
+        arrays = {k: np.concatenate([b.arrays[k] for b in blocks]) for k in blocks[0].arrays}
+        return Block(scalars, colls, arrays)
 
 
 def check_process(process: str, mass: float = 800.0) -> None:
@@ -71,11 +74,13 @@ def block_rng(seed: int, process: str, block: int, stream: int = 0) -> np.random
     return np.random.Generator(np.random.PCG64(ss))
 
 
-def generate_block(process: str, n: int, *, seed: int, block: int, mass: float, pfnano: bool = False) -> Block:
+def generate_block(process: str, n: int, *, seed: int, block: int, mass: float, pfnano: bool = False,
+                   theory_weights: bool = True) -> Block:
     """Generate events [block * BLOCK_SIZE, block * BLOCK_SIZE + n) of a process.
 
     With ``pfnano`` the PFNano tables are added from their own random stream, so
-    that every other branch is the same as without.
+    that every other branch is the same as without. ``theory_weights``: write
+    ``LHEScaleWeight``, ``LHEPdfWeight`` and ``PSWeight`` (no random numbers drawn).
     """
     spec = PROCESS_SPECS[process]
     rng = block_rng(seed, process, block)
@@ -139,7 +144,19 @@ def generate_block(process: str, n: int, *, seed: int, block: int, mass: float, 
     if pfnano:
         pf_rng = block_rng(seed, process, block, stream=1)
         colls.update(_pfnano.build(pf_rng, ak4.counts, ak4.fields, ak4.extra, pu.branches))
-    return _typed(Block(scalars, colls), pfnano)
+    arrays = _theory_branches(spec, hard) if theory_weights else {}
+    return _typed(Block(scalars, colls, arrays), pfnano)
+
+
+def _theory_branches(spec, hard) -> dict[str, np.ndarray]:
+    """The theory weight vectors from the event's truth (crema.generate.theory)."""
+    n = hard.rec.n
+    n_isr = sum(hard.rec[s].present.astype(np.int64) for s in hard.isr) if hard.isr else np.zeros(n, np.int64)
+    quarks = [np.where(hard.rec[s].present & np.isin(np.abs(hard.rec[s].pdg), (1, 2, 3, 4, 5)), hard.rec[s].p4.pt, 0.0)
+              for s in hard.finals]
+    quark_pt = np.stack(quarks, axis=1) if quarks else np.zeros((n, 0))
+    return _theory.theory_weights(spec.incoming, spec.isr_mean, n_isr - spec.isr_min,
+                                  hard.rec[0].p4.e, hard.rec[1].p4.e, quark_pt)
 
 
 def _typed(block: Block, pfnano: bool = False) -> Block:
@@ -149,7 +166,8 @@ def _typed(block: Block, pfnano: bool = False) -> Block:
     for name, types in collections(pfnano).items():
         counts, fields = block.collections[name]
         colls[name] = (counts.astype(COUNTER_TYPE), {k: np.asarray(fields[k]).astype(t, copy=False) for k, t in types.items()})
-    return Block(scalars, colls)
+    arrays = {k: np.asarray(v).astype(WEIGHT_ARRAY_TYPE, copy=False) for k, v in block.arrays.items()}
+    return Block(scalars, colls, arrays)
 
 
 def generate_blocks(
@@ -161,12 +179,14 @@ def generate_blocks(
     start_block: int = 0,
     n_blocks: int | None = None,
     pfnano: bool = False,
+    theory_weights: bool = True,
 ):
     """Yield the blocks covering ``n_events`` (optionally a sub-range of blocks)."""
     total = -(-n_events // BLOCK_SIZE)
     stop = total if n_blocks is None else min(total, start_block + n_blocks)
     for b in range(start_block, stop):
-        yield generate_block(process, min(BLOCK_SIZE, n_events - b * BLOCK_SIZE), seed=seed, block=b, mass=mass, pfnano=pfnano)
+        yield generate_block(process, min(BLOCK_SIZE, n_events - b * BLOCK_SIZE), seed=seed, block=b, mass=mass,
+                             pfnano=pfnano, theory_weights=theory_weights)
 
 
 def _jagged(counts: np.ndarray, content) -> ak.Array:
@@ -182,6 +202,10 @@ def block_to_branches(block: Block) -> dict[str, ak.Array | np.ndarray]:
         out[f"n{name}"] = counts
         for k, v in fields.items():
             out[f"{name}_{k}"] = _jagged(counts, ak.contents.NumpyArray(v))
+    for name, values in block.arrays.items():
+        counts = np.full(len(values), values.shape[1], dtype=COUNTER_TYPE)
+        out[f"n{name}"] = counts
+        out[name] = _jagged(counts, ak.contents.NumpyArray(values.reshape(-1)))
     return out
 
 
@@ -191,11 +215,14 @@ def block_to_records(block: Block) -> dict[str, ak.Array | np.ndarray]:
     for name, (counts, fields) in block.collections.items():
         record = ak.contents.RecordArray([ak.contents.NumpyArray(v) for v in fields.values()], list(fields), length=int(counts.sum()))
         out[name] = _jagged(counts, record)
+    for name, values in block.arrays.items():
+        out[name] = _jagged(np.full(len(values), values.shape[1]), ak.contents.NumpyArray(values.reshape(-1)))
     return out
 
 
 def generate_events(
-    process: str, n_events: int, *, seed: int = 0, mass: float = 800.0, pfnano: bool = False
+    process: str, n_events: int, *, seed: int = 0, mass: float = 800.0, pfnano: bool = False,
+    theory_weights: bool = True,
 ) -> dict[str, ak.Array | np.ndarray]:
     """Generate ``n_events`` NanoAODv12-like events of ``process`` in memory.
 
@@ -204,11 +231,14 @@ def generate_events(
     jagged awkward arrays for collection fields.  ``mass`` is the X mass of the
     resonant ``hh_*`` processes (GeV) and ignored otherwise.  ``pfnano`` adds the
     PFNano tables ``PFCands``, ``JetPFCands``, ``SV`` and ``JetSVs`` (the AK4 jets'
-    constituents and secondary vertices) without changing any other branch.
+    constituents and secondary vertices) without changing any other branch;
+    ``theory_weights`` the ``LHEScaleWeight``, ``LHEPdfWeight`` and ``PSWeight`` vectors.
     """
     check_process(process, mass)
     if n_events < 0:
         raise ValueError("n_events must be >= 0")
     if n_events == 0:
-        return block_to_branches(generate_block(process, 0, seed=seed, block=0, mass=mass, pfnano=pfnano))
-    return block_to_branches(Block.concatenate(list(generate_blocks(process, n_events, seed=seed, mass=mass, pfnano=pfnano))))
+        return block_to_branches(generate_block(process, 0, seed=seed, block=0, mass=mass, pfnano=pfnano,
+                                                theory_weights=theory_weights))
+    return block_to_branches(Block.concatenate(list(generate_blocks(process, n_events, seed=seed, mass=mass, pfnano=pfnano,
+                                                                    theory_weights=theory_weights))))

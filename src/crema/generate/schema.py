@@ -197,6 +197,9 @@ SCALARS: dict[str, type] = {
     },
 }
 COUNTER_TYPE = I4
+# theory weight vectors (crema.generate.theory): name -> entries per event, counter n<name>
+WEIGHT_ARRAYS = {"LHEScaleWeight": 9, "LHEPdfWeight": 103, "PSWeight": 4}
+WEIGHT_ARRAY_TYPE = F4
 
 
 def collections(pfnano: bool = False) -> dict[str, dict[str, type]]:
@@ -210,4 +213,7 @@ def branch_types(pfnano: bool = False) -> dict[str, type]:
     for coll, fields in collections(pfnano).items():
         out[f"n{coll}"] = COUNTER_TYPE
         out.update({f"{coll}_{k}": t for k, t in fields.items()})
+    for name in WEIGHT_ARRAYS:
+        out[f"n{name}"] = COUNTER_TYPE
+        out[name] = WEIGHT_ARRAY_TYPE
     return out

@@ -16,9 +16,10 @@ CHUNK_SIZE = 100_000  # events per written chunk (about 0.8 GB peak memory)
 PFNANO_CHUNK_SIZE = 20_000  # with ~90 PF candidates per event (about 1 GB)
 
 
-def _tree_types(pfnano: bool = False) -> dict:
+def _tree_types(pfnano: bool = False, theory_weights: bool = True) -> dict:
     """Branch types for ``mktree``: dtypes for scalars, jagged record types for collections."""
-    empty = block_to_records(generate_block("dy", 0, seed=0, block=0, mass=800.0, pfnano=pfnano))
+    empty = block_to_records(generate_block("dy", 0, seed=0, block=0, mass=800.0, pfnano=pfnano,
+                                            theory_weights=theory_weights))
     return {k: (v.type.content if isinstance(v, ak.Array) else v.dtype) for k, v in empty.items()}
 
 
@@ -33,6 +34,7 @@ def write_nanoaod(
     pfnano: bool = False,
     compression: uproot.compression.Compression | None = COMPRESSION,
     basket_size: int | None = None,
+    theory_weights: bool = True,
 ) -> pathlib.Path:
     """Generate ``n_events`` of ``process`` and write them to ``path`` as NanoAODv12.
 
@@ -45,7 +47,8 @@ def write_nanoaod(
     (``PFCands``, ``JetPFCands``, ``SV``, ``JetSVs``; every other branch unchanged).
     ``compression`` is uproot's (default LZ4 level 1; ``uproot.LZMA(1)`` is CMS's usual one).
     Each written chunk is one basket per branch, or ``basket_size`` events per basket when given.
-    Returns the path written.
+    ``theory_weights``: write ``LHEScaleWeight``, ``LHEPdfWeight``, ``PSWeight`` (False: a sample
+    without them). Returns the path written.
     """
     check_process(process, mass)
     if n_events < 0:
@@ -57,12 +60,13 @@ def write_nanoaod(
     blocks_per_chunk = max(1, int(chunk_size) // _events.BLOCK_SIZE)
     n_blocks = -(-n_events // _events.BLOCK_SIZE)
     with uproot.recreate(path, compression=compression) as f:
-        tree = f.mktree("Events", _tree_types(pfnano), counter_name=lambda c: "n" + c)
+        tree = f.mktree("Events", _tree_types(pfnano, theory_weights), counter_name=lambda c: "n" + c)
         for start in range(0, n_blocks, blocks_per_chunk):
             chunk = Block.concatenate(
                 list(
                     generate_blocks(
-                        process, n_events, seed=seed, mass=mass, start_block=start, n_blocks=blocks_per_chunk, pfnano=pfnano
+                        process, n_events, seed=seed, mass=mass, start_block=start, n_blocks=blocks_per_chunk, pfnano=pfnano,
+                        theory_weights=theory_weights,
                     )
                 )
             )

@@ -13,6 +13,7 @@ from coffea.analysis_tools import Weights
 
 from crema.corrections.btag import working_point
 from crema.corrections.era import EraConfig
+from crema.corrections.theory import TheoryOptions, TheoryWeights
 
 NOMINAL = "nominal"
 from crema.processors.common import (
@@ -58,11 +59,14 @@ class CorrectionOptions(JetCorrectionOptions):
     model: deepsets_generated, threads: 1}`` (pt_raw x the DNN factor, JER and JES variations on
     top; see :class:`~crema.processors.common.JetCalibrationOptions`); ``weights``: pileup and
     lepton (and b-tag, where the era has scale factors) weights; ``systematics``: also fill every
-    JES/JER shape variation and weight variation on the histogram's systematic axis (off for quick runs).
+    JES/JER shape variation and weight variation on the histogram's systematic axis (off for quick runs);
+    ``theory`` (with ``systematics``): scale, PDF and parton-shower variations from the NanoAOD weight
+    branches of simulated datasets (:mod:`crema.corrections.theory`; null: none).
     """
 
     weights: bool = True
     systematics: bool = True
+    theory: TheoryOptions | None = None
     jes_sources: list[str] | None = None  # None: the era's (regrouped) set
 
 
@@ -221,6 +225,10 @@ class HHbbWWProcessor(processor.ProcessorABC):
         self.shape_variations = self._shape_variations(options.corrections)
         weight_variations = (self.event_weights.variations if self.event_weights is not None
                              and options.corrections.systematics else [])
+        opts = options.corrections
+        self.theory = TheoryWeights(opts.theory) if opts is not None and opts.systematics and opts.theory else None
+        if self.theory is not None:
+            weight_variations = [*weight_variations, *self.theory.variations]
         self.weight_variations = weight_variations
         self.systematics = [NOMINAL, *(_axis_name(v) for v in self.shape_variations), *weight_variations]
 
@@ -295,6 +303,10 @@ class HHbbWWProcessor(processor.ProcessorABC):
             needs["Pileup_nTrueInt"] = "pileup weight (processor.options.corrections.weights)"
         return needs
 
+    def optional_branches(self, sample: SampleInfo) -> dict[str, str]:
+        """Branches read when a file has them -> what is left out without them (a start-up notice)."""
+        return self.theory.optional_branches() if self.theory is not None and sample.is_mc else {}
+
     def empty_output(self) -> dict[str, Any]:
         """The output of a run over no events: empty histograms and counters."""
         return {
@@ -349,6 +361,8 @@ class HHbbWWProcessor(processor.ProcessorABC):
                         event.value, out["histograms"], int(mask.sum()))
                 if systematic == NOMINAL and sample.is_mc:
                     for variation in self.weight_variations:
+                        if variation not in weights.variations:  # a theory branch this file lacks
+                            continue
                         self.fill(out["histograms"], dataset, channel, variation, event,
                                   weights.weight(variation)[mask], in_regions)
         if sample.is_mc:
@@ -397,6 +411,8 @@ class HHbbWWProcessor(processor.ProcessorABC):
             weights.add("genWeight", np.asarray(ak.to_numpy(events.genWeight), dtype=np.float64))
             if self.event_weights is not None:
                 self.event_weights.add(weights, events, objects.leptons, objects.jets)
+            if self.theory is not None:
+                self.theory.add(weights, events)
         return weights
 
     def fill_btag_efficiency(self, out, dataset, objects: sel.Objects, weights: Weights, passed: np.ndarray) -> None:

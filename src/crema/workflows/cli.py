@@ -14,6 +14,7 @@ from rich.console import Console
 
 from crema.extras import require_torch
 from crema.schema import ConfigError
+from crema.stats import FitFailed
 from crema.workflows.config import Config, dump_config, load_config
 from crema.workflows.run import InputError, RunInterrupted, generate_inputs, run
 
@@ -168,6 +169,29 @@ def cmd_plot(args: argparse.Namespace) -> None:
     console.print(f"wrote {len(paths)} plots")
 
 
+def cmd_fit(args: argparse.Namespace) -> None:
+    from crema.schema import from_dict, to_dict
+    from crema.stats.config import FitConfig
+    from crema.workflows.fit import run_fit, run_scan, summary
+
+    config = load_config(Path(args.run_dir) / "config.yaml")
+    overrides = {"channels": args.channel, "regions": args.region, "observable": args.observable,
+                 "ranking": args.ranking, "rebin": args.rebin}
+    fit = from_dict(FitConfig, {**to_dict(config.fit), **{k: v for k, v in overrides.items() if v is not None}}, "fit")
+    outdir = Path(args.output)
+    if args.scan:
+        scan = run_scan(args.run_dir, outdir, fit, plots=not args.no_plots)
+        for point in scan["points"]:
+            e = point["expected_limit"]
+            print(f"{point['process']} (m = {point['mass']:g} GeV): expected limit on mu {e['median']:.3g} "
+                  f"[{e['minus1']:.3g}, {e['plus1']:.3g}]")
+        console.print(f"wrote {outdir / 'scan.json'}")
+        return
+    results = run_fit(args.run_dir, outdir, fit, args.signal, plots=not args.no_plots)
+    print(summary(results))
+    console.print(f"fit of {len(results['channels'])} channels in {results['seconds']:.1f} s; outputs in {outdir}")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="crema", description="ML models inside coffea processors for CMS NanoAODv12.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -216,6 +240,19 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--process", help="with --systematic: one process (default: all backgrounds summed)")
     pl.add_argument("--observable", nargs="+", help="only these observables")
     pl.set_defaults(func=cmd_plot)
+
+    f = sub.add_parser("fit", help="pyhf workspace, expected significance and CLs limits from a finished run")
+    f.add_argument("run_dir", help="a run's output directory (holding config.yaml and histograms.root)")
+    f.add_argument("-o", "--output", required=True, help="fit output directory")
+    f.add_argument("--channel", nargs="+", help="channels to fit (default: the config's fit.channels, else all)")
+    f.add_argument("--region", nargs="+", help="regions to fit (default: the config's fit.regions)")
+    f.add_argument("--observable", help="observable to fit (default: the config's fit.observable)")
+    f.add_argument("--signal", help="the signal process to fit, when the run has several")
+    f.add_argument("--ranking", type=int, help="rank the impacts of this many parameters (0: no ranking)")
+    f.add_argument("--rebin", type=int, help="merge this many adjacent bins before fitting (default: the config's fit.rebin)")
+    f.add_argument("--scan", action="store_true", help="expected limit for every signal mass (scan.json, brazil.png)")
+    f.add_argument("--no-plots", action="store_true")
+    f.set_defaults(func=cmd_fit)
     _spanet_commands(sub)
     _calibration_commands(sub)
     return p
@@ -380,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except FitFailed as err:
+        print(f"crema: error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

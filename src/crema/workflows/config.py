@@ -11,6 +11,7 @@ import yaml
 
 from crema.processors.common import SampleInfo
 from crema.schema import ConfigError, from_dict, load, to_dict
+from crema.stats.config import FitConfig
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,11 @@ class Dataset:
     xsec_pb: float | None = None
     treename: str = "Events"
     generate: GenerateSpec | None = None
+    mass: float | None = None  # signal mass hypothesis in GeV (crema fit --scan)
 
     def validate(self) -> None:
+        if self.mass is not None and (self.kind != "signal" or self.mass <= 0):
+            raise ConfigError("mass: a positive mass hypothesis, for signal datasets only")
         if self.kind != "data" and self.xsec_pb is None:
             raise ConfigError("xsec_pb: simulated datasets need a cross section in pb")
         if not self.files and self.generate is None:
@@ -110,6 +114,7 @@ class Config:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     output: str = "crema-out"
     plots: PlotConfig = field(default_factory=PlotConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
 
     def validate(self) -> None:
         names = [d.name for d in self.datasets]

@@ -11,6 +11,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import logging
 import warnings
 import zlib
 from collections import defaultdict
@@ -55,6 +56,9 @@ BAD_FILE_ERRORS: tuple[type[BaseException], ...] = (
 # errors that may go away on a second try (a remote read timing out): these are left to the
 # executor's retries instead of being recorded as a bad chunk
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, ConnectionError)
+
+
+log = logging.getLogger(__name__)
 
 
 class InputError(RuntimeError):
@@ -242,6 +246,7 @@ def preflight(config: Config, proc: processor.ProcessorABC) -> tuple[dict[str, A
     fileset = config.fileset()
     for dataset in config.datasets:
         needs = required_branches(proc, dataset)
+        optional = getattr(proc, "optional_branches", lambda sample: {})(dataset.sample)
         files = fileset[dataset.name]["files"]
         report.datasets[dataset.name] = list(files)
         for path, treename in list(files.items()):
@@ -269,6 +274,8 @@ def preflight(config: Config, proc: processor.ProcessorABC) -> tuple[dict[str, A
                 b = missing[0]
                 more = f" (and {len(missing) - 1} more: {', '.join(missing[1:4])}...)" if len(missing) > 1 else ""
                 raise InputError(f"{path}: branch {b!r} is missing; it is needed by {needs[b]}{more}")
+            for b in sorted(set(optional) - branches):
+                log.warning("%s (dataset %s): no branch %r, so these are left out: %s", path, dataset.name, b, optional[b])
     return fileset, report
 
 

@@ -1,0 +1,156 @@
+"""Fits, significances and CLs limits of a pyhf model (cabinetry on pyhf's numpy backend with Minuit).
+
+Expected quantities are a-priori (nuisance parameters at their nominal values):
+
+* expected discovery significance: the q0 test (asymptotic) on the signal-plus-background Asimov
+  dataset (``mu = 1``), i.e. the median significance if the signal is there;
+* expected limit band: CLs (qtilde, asymptotic) on the background-only Asimov dataset (``mu = 0``),
+  the median and +-1/2 sigma upper limits on ``mu`` at the configured confidence level;
+* ``mu_hat``, pulls and constraints: the fit to the data, or to the ``mu = 1`` Asimov dataset
+  without data (then ``mu_hat = 1`` and its uncertainty is the expected one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cabinetry
+import numpy as np
+import pyhf
+
+from crema.stats.workspace import POI
+
+
+def use_minuit() -> None:
+    """pyhf's numpy backend with the Minuit optimizer (scipy's has convergence trouble with recent scipy)."""
+    pyhf.set_backend("numpy", pyhf.optimize.minuit_optimizer(verbose=0))
+
+
+@dataclass
+class Model:
+    """A pyhf model with its observations (main + auxiliary data) and its Asimov datasets."""
+
+    model: pyhf.pdf.Model
+    data: list[float]
+    asimov_b: list[float]
+    asimov_sb: list[float]
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> "Model":
+        use_minuit()
+        workspace = pyhf.Workspace(spec)
+        model = workspace.model()
+        data = list(map(float, workspace.data(model)))
+        return cls(model, data,
+                   cabinetry.model_utils.asimov_data(model, poi_value=0.0),
+                   cabinetry.model_utils.asimov_data(model, poi_value=1.0))
+
+
+def fit(m: Model, observed: bool) -> cabinetry.fit.FitResults:
+    """Maximum-likelihood fit to the data (``observed``) or to the ``mu = 1`` Asimov dataset."""
+    return cabinetry.fit.fit(m.model, m.data if observed else m.asimov_sb)
+
+
+def significance(m: Model, observed: bool) -> dict[str, float]:
+    """Expected (and with data, observed) discovery significance from the q0 test statistic."""
+    out = {"expected_significance": float(cabinetry.fit.significance(m.model, m.asimov_sb).observed_significance)}
+    if observed:
+        out["observed_significance"] = float(cabinetry.fit.significance(m.model, m.data).observed_significance)
+    return out
+
+
+BAND = ("minus2", "minus1", "median", "plus1", "plus2")
+
+
+def limits(m: Model, observed: bool, confidence_level: float = 0.95, points: int = 6,
+           sigma: float | None = None) -> dict[str, Any]:
+    """Expected CLs upper limits on ``mu`` (median, +-1, +-2 sigma) and, with data, the observed one.
+
+    pyhf's scan: CLs (qtilde, asymptotic) at ``points`` values of ``mu``, each test giving the observed
+    and the five expected CLs at once, and the crossings of 1 - CL interpolated linearly. The scan
+    spans 0.8 to 4.5 times the Asimov uncertainty ``sigma`` of ``mu`` (asymptotically the expected
+    band at 95% CL runs from about 1.1 to 3.7 sigma) and is widened (at most three times) until
+    every crossing lies inside. ``sigma``: that uncertainty when already known (an Asimov fit).
+    """
+    poi = m.model.config.poi_index
+    bounds = [tuple(b) for b in m.model.config.suggested_bounds()]
+    sigma = fit(m, observed=False).uncertainty[poi] if sigma is None else sigma
+    lo, hi = 0.8 * sigma, 4.5 * sigma
+    alpha = 1.0 - confidence_level
+    for _ in range(4):
+        bounds[poi] = (0.0, max(bounds[poi][1], 2 * hi))
+        scan = np.linspace(lo, hi, points)
+        datasets = {"expected": m.asimov_b, **({"observed": m.data} if observed else {})}
+        results = {k: pyhf.infer.intervals.upper_limits.upper_limit(d, m.model, scan=scan, level=alpha,
+                                                                    par_bounds=bounds, test_stat="qtilde")
+                   for k, d in datasets.items()}
+        expected = np.asarray(results["expected"][1], dtype=float)
+        found = [*expected, *([float(results["observed"][0])] if observed else [])]
+        if all(lo < x < hi for x in found):
+            break
+        lo, hi = (lo / 2, hi) if min(found) <= lo else (lo, hi * 2)
+    else:
+        raise ValueError(f"no {confidence_level:.0%} CL limit on mu below {hi:g}")
+    out: dict[str, Any] = {"expected_limit": dict(zip(BAND, map(float, expected)))}
+    if observed:
+        out["observed_limit"] = float(results["observed"][0])
+    return out
+
+
+def expected_limit(m: Model, confidence_level: float = 0.95) -> dict[str, float]:
+    """The expected limit band alone (``limits`` without data)."""
+    return limits(m, False, confidence_level)["expected_limit"]
+
+
+def parameters(m: Model, result: cabinetry.fit.FitResults) -> dict[str, dict[str, float]]:
+    """Per parameter: best-fit value, uncertainty, and for constrained ones the pull
+    ``(theta_hat - theta_0) / sigma_prefit`` and the constraint ``sigma_hat / sigma_prefit``."""
+    prefit = cabinetry.model_utils.prefit_uncertainties(m.model)
+    init = m.model.config.suggested_init()
+    out = {}
+    for i, label in enumerate(result.labels):
+        entry = {"value": float(result.bestfit[i]), "uncertainty": float(result.uncertainty[i])}
+        if prefit[i] > 0:  # constrained: normsys/histosys (Gaussian, sigma 1), staterror gammas
+            entry["pull"] = float((result.bestfit[i] - init[i]) / prefit[i])
+            entry["constraint"] = float(result.uncertainty[i] / prefit[i])
+        out[label] = entry
+    return out
+
+
+def ranking(m: Model, result: cabinetry.fit.FitResults, observed: bool) -> cabinetry.fit.RankingResults:
+    """cabinetry's impact ranking: the shift of ``mu_hat`` with each parameter at +-1 sigma pre- and post-fit."""
+    return cabinetry.fit.ranking(m.model, m.data if observed else m.asimov_sb, fit_results=result)
+
+
+def ranking_table(r: cabinetry.fit.RankingResults, top: int) -> list[dict[str, Any]]:
+    """The ``top`` parameters by post-fit impact, largest first (the order cabinetry draws)."""
+    impact = np.maximum(np.abs(r.postfit_up), np.abs(r.postfit_down))
+    order = np.argsort(-impact, kind="stable")[:top]
+    return [{"parameter": r.labels[i], "prefit_up": float(r.prefit_up[i]), "prefit_down": float(r.prefit_down[i]),
+             "postfit_up": float(r.postfit_up[i]), "postfit_down": float(r.postfit_down[i])} for i in order]
+
+
+def analyse(spec: dict[str, Any], observed: bool, confidence_level: float = 0.95,
+            top_impacts: int = 0) -> tuple[dict[str, Any], Model, cabinetry.fit.FitResults,
+                                           cabinetry.fit.RankingResults | None]:
+    """Everything ``crema fit`` reports for a workspace spec: significances, limits, ``mu_hat``,
+    parameters and (``top_impacts`` > 0) the impact ranking. Returns (results, model, fit, ranking)."""
+    m = Model.from_spec(spec)
+    result = fit(m, observed)
+    poi = m.model.config.poi_index
+    results: dict[str, Any] = {
+        "observed": observed,
+        **significance(m, observed),
+        **limits(m, observed, confidence_level, sigma=None if observed else float(result.uncertainty[poi])),
+        "confidence_level": confidence_level,
+        "mu_hat": float(result.bestfit[poi]),
+        "mu_hat_uncertainty": float(result.uncertainty[poi]),
+        "fit_data": "data" if observed else "asimov (mu=1)",
+        "parameters": {k: v for k, v in parameters(m, result).items() if k != POI},
+    }
+    ranked = None
+    if top_impacts > 0:
+        ranked = ranking(m, result, observed)
+        results["impacts"] = ranking_table(ranked, top_impacts)
+    return results, m, result, ranked
