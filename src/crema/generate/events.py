@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import awkward as ak
 import numpy as np
 
+from . import eft as _eft
 from . import pfnano as _pfnano
 from .genjets import build_inputs, cluster
 from .processes import PROCESS_SPECS, generate_hard
@@ -37,6 +38,7 @@ class Block:
 
     scalars: dict[str, np.ndarray]
     collections: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = field(default_factory=dict)
+    lists: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # plain jagged branches
 
     @property
     def n(self) -> int:
@@ -53,7 +55,11 @@ class Block:
             counts = np.concatenate([b.collections[name][0] for b in blocks])
             fields = {k: np.concatenate([b.collections[name][1][k] for b in blocks]) for k in blocks[0].collections[name][1]}
             colls[name] = (counts, fields)
-        return Block(scalars, colls)
+        lists = {
+            k: (np.concatenate([b.lists[k][0] for b in blocks]), np.concatenate([b.lists[k][1] for b in blocks]))
+            for k in blocks[0].lists
+        }
+        return Block(scalars, colls, lists)
 
 
 def check_process(process: str, mass: float = 800.0) -> None:
@@ -139,7 +145,13 @@ def generate_block(process: str, n: int, *, seed: int, block: int, mass: float, 
     if pfnano:
         pf_rng = block_rng(seed, process, block, stream=1)
         colls.update(_pfnano.build(pf_rng, ak4.counts, ak4.fields, ak4.extra, pu.branches))
-    return _typed(Block(scalars, colls), pfnano)
+    lists = {}
+    if hard.parton is not None:  # EFT: weights at the reweight points relative to the nominal
+        rw = _eft.reweight_weights(hard.parton)
+        lists["LHEReweightingWeight"] = (np.full(n, rw.shape[1], dtype=COUNTER_TYPE), rw.astype(np.float32).ravel())
+    typed = _typed(Block(scalars, colls), pfnano)
+    typed.lists = lists
+    return typed
 
 
 def _typed(block: Block, pfnano: bool = False) -> Block:
@@ -182,6 +194,9 @@ def block_to_branches(block: Block) -> dict[str, ak.Array | np.ndarray]:
         out[f"n{name}"] = counts
         for k, v in fields.items():
             out[f"{name}_{k}"] = _jagged(counts, ak.contents.NumpyArray(v))
+    for name, (counts, values) in block.lists.items():
+        out[f"n{name}"] = counts
+        out[name] = _jagged(counts, ak.contents.NumpyArray(values))
     return out
 
 
@@ -191,6 +206,8 @@ def block_to_records(block: Block) -> dict[str, ak.Array | np.ndarray]:
     for name, (counts, fields) in block.collections.items():
         record = ak.contents.RecordArray([ak.contents.NumpyArray(v) for v in fields.values()], list(fields), length=int(counts.sum()))
         out[name] = _jagged(counts, record)
+    for name, (counts, values) in block.lists.items():
+        out[name] = _jagged(counts, ak.contents.NumpyArray(values))
     return out
 
 
