@@ -34,6 +34,8 @@ import json
 
 import numpy as np
 
+from crema.histograms.eft import term_vector
+
 WC_NAMES: tuple[str, ...] = ("ctGRe", "ctj8")
 M_TOP = 172.5  # GeV, also the generator's top pole mass
 V_EW = 246.22  # GeV
@@ -76,33 +78,6 @@ def reweight_weights(parton: dict) -> np.ndarray:
     return coef @ term_vector(np.asarray(REWEIGHT_POINTS)).T
 
 
-def n_terms(n_wc: int) -> int:
-    """Number of quadratic terms: 1 (sm) + n lin + n(n+1)/2 quadratic and mixed."""
-    return 1 + n_wc + n_wc * (n_wc + 1) // 2
-
-
-def term_names(wc_names) -> list[str]:
-    """Term names in crema's lower-triangular order: sm, lin_<wc>..., quad_<wc>..., mixed_<wc1>_<wc2>...
-
-    Mixed pairs (i < j) are ordered by j then i (lower triangle of the c c^T matrix).
-    """
-    wc = list(wc_names)
-    names = ["sm", *(f"lin_{w}" for w in wc), *(f"quad_{w}" for w in wc)]
-    names += [f"mixed_{wc[i]}_{wc[j]}" for j in range(len(wc)) for i in range(j)]
-    return names
-
-
-def term_vector(point) -> np.ndarray:
-    """(..., n_terms) monomials [1, c_i, c_i^2, c_i c_j (i<j)] of point(s) ``(..., n_wc)`` in term order."""
-    c = np.asarray(point, dtype=np.float64)
-    n = c.shape[-1]
-    mixed = [c[..., i] * c[..., j] for j in range(n) for i in range(j)]
-    parts = [np.ones(c.shape[:-1] + (1,)), c, c * c]
-    if mixed:
-        parts.append(np.stack(mixed, axis=-1))
-    return np.concatenate(parts, axis=-1)
-
-
 def _kinematics(m_tt, cos_theta):
     s = np.square(np.asarray(m_tt, dtype=np.float64))
     beta2 = np.clip(1.0 - 4.0 * M_TOP**2 / s, 0.0, 1.0)
@@ -127,7 +102,7 @@ def sm_gg(m_tt, cos_theta) -> np.ndarray:
 
 def truth_coefficients(is_qq, m_tt, cos_theta) -> np.ndarray:
     """(N, 6) exact per-event coefficients [sm, lin_ctGRe, lin_ctj8, quad_ctGRe, quad_ctj8, mixed]
-    of the ratio r (term order of :func:`term_names` for :data:`WC_NAMES`; the sm entry is 1).
+    of the ratio r (term order of :func:`crema.histograms.eft.term_names` for :data:`WC_NAMES`; the sm entry is 1).
 
     ``is_qq``: q qbar (True) or g g initial state; ``cos_theta``: the top angle to the incoming quark
     (g g: to the +z beam) in the t tbar rest frame.
@@ -188,11 +163,8 @@ __all__ = [
     "WC_NAMES",
     "reweight_points_json",
     "reweight_weights",
-    "n_terms",
     "observed_ratio",
     "qq_probability",
-    "term_names",
-    "term_vector",
     "truth_coefficients",
     "truth_ratio",
 ]

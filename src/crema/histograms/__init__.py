@@ -1,0 +1,1 @@
+"""Histogram types beyond plain ``hist``: EFT histograms with per-bin quadratic coefficients."""
