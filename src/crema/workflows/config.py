@@ -35,8 +35,13 @@ class Dataset:
     xsec_pb: float | None = None
     treename: str = "Events"
     generate: GenerateSpec | None = None
+    eft_points: str | None = None  # EFTReweightPoints JSON for files without it (the gridpack's reweight card)
 
     def validate(self) -> None:
+        if self.eft_points is not None:
+            from crema.histograms.eft import EFTPoints
+
+            EFTPoints.from_json(self.eft_points, "eft_points")
         if self.kind != "data" and self.xsec_pb is None:
             raise ConfigError("xsec_pb: simulated datasets need a cross section in pb")
         if not self.files and self.generate is None:
@@ -85,7 +90,7 @@ class ExecutorConfig:
 class ProcessorConfig:
     """Which processor runs and its options (validated by the processor's own schema)."""
 
-    name: Literal["hhbbww", "tth", "spanet_dataset"] = "hhbbww"
+    name: Literal["hhbbww", "tth", "spanet_dataset", "ttbar_eft"] = "hhbbww"
     options: dict[str, Any] = field(default_factory=dict)
 
 
