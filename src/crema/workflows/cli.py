@@ -70,6 +70,10 @@ def run_and_write(config: Config, outdir: Path, plots: bool = True) -> dict:
             drawn = pool.submit(plot_all, output, config.samples, outdir / "plots",
                                 config.plots.regions, config.plots.observables)
         paths = write_outputs(output, config.samples, outdir, report.to_dict())
+        if "eft_histograms" in output:
+            from crema.workflows.eft_outputs import write_eft_outputs
+
+            paths.update(write_eft_outputs(output, config.samples, outdir))
         if drawn is not None:
             drawn.result()
     n = report.to_dict()["processed_events"]
