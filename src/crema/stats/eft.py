@@ -139,8 +139,7 @@ def fit(run_dir, observables: list[str], outdir, wc_names: list[str] | None = No
         span: float = 10.0, points: int = 81, plots: bool = True) -> dict:
     """Intervals of every coefficient (fixed: others at 0; profiled: others free) and a 2D scan; writes eft_fit.json."""
     run_dir, outdir = Path(run_dir), Path(outdir)
-    if wc_names is None:
-        wc_names = json.loads((run_dir / "eft_yields.json").read_text()) and _wc_names_from_templates(run_dir)
+    wc_names = wc_names or _wc_names_from_templates(run_dir)
     model = load_model(run_dir, observables, wc_names, systematics)
     data = model.expected(np.zeros(len(wc_names)))
     grid = np.linspace(-span, span, points)
