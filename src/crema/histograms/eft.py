@@ -24,6 +24,7 @@ from crema.schema import ConfigError
 
 MAX_CONDITION = 1e8  # above this the design matrix of the reweight points is called degenerate
 CLOSURE_TOLERANCE = 1e-6
+FILL_BLOCK = 1 << 22  # (event, term) entries per fill block
 
 
 def n_terms(n_wc: int) -> int:
@@ -191,8 +192,8 @@ class EFTHist:
 
     def fill(self, coefficients, weight=None, **values) -> None:
         """Add events: ``coefficients`` (N, n_terms), ``weight`` (N,) or None, one array (or scalar
-        for a category) per axis. One pass: the bin index is computed once, each term is a
-        weighted bincount of its column (no copy of the coefficient array)."""
+        for a category) per axis. One pass: the bin index is computed once, then one
+        single weighted bincount over (bin, term) per block of events (no copy of the coefficient array)."""
         coef = np.asarray(coefficients)
         if coef.ndim != 2 or coef.shape[1] != len(self.terms):
             raise ValueError(f"EFTHist.fill: coefficients need shape (N, {len(self.terms)})")
@@ -201,17 +202,25 @@ class EFTHist:
             return
         flat = self._flat_index(values, n)
         w = np.ones(n) if weight is None else np.asarray(weight, dtype=np.float64)
+        t = len(self.terms)
         nbins = self._values.shape[1]
-        buf = np.empty(n)
-        for t in range(len(self.terms)):
-            np.multiply(coef[:, t], w, out=buf)
-            self._values[t] += np.bincount(flat, weights=buf, minlength=nbins)
-        if len(self.benchmarks):
-            for k, m in enumerate(term_vector(self.benchmarks)):
-                np.dot(coef, m, out=buf)
-                buf *= w
-                np.square(buf, out=buf)
-                self._sumw2[k] += np.bincount(flat, weights=buf, minlength=nbins)
+        bench = term_vector(self.benchmarks).T if len(self.benchmarks) else None
+        offsets = np.arange(t)
+        # blocks of events keep the temporaries (index and weight of every (event, term)) near 4M entries
+        rows = max(1, FILL_BLOCK // t)
+        for start in range(0, n, rows):
+            sl = slice(start, min(n, start + rows))
+            block = coef[sl]
+            wb = w[sl]
+            index = (flat[sl, None] * t + offsets).ravel()
+            summed = np.bincount(index, weights=(block * wb[:, None]).ravel(), minlength=nbins * t)
+            self._values += summed.reshape(nbins, t).T
+            if bench is not None:
+                r = (block @ bench) * wb[:, None]
+                kk = bench.shape[1]
+                index = (flat[sl, None] * kk + np.arange(kk)).ravel()
+                summed = np.bincount(index, weights=np.square(r).ravel(), minlength=nbins * kk)
+                self._sumw2 += summed.reshape(nbins, kk).T
 
     # ---------------------------------------------------------------- reading
     def term_view(self, flow: bool = False) -> np.ndarray:
