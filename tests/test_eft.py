@@ -149,7 +149,7 @@ def run_config(eft_file, tmp_path_factory):
     path.write_text(f"""
 luminosity_fb: 7.98
 processor: {{name: ttbar_eft, options: {{benchmarks: [[1.0, 1.0]]}}}}
-executor: {{name: iterative, chunksize: 1000, progress: false}}
+executor: {{name: iterative, chunksize: 1500, progress: false}}
 datasets:
   - {{name: TT_EFT, kind: background, process: ttbar, xsec_pb: 98.0, files: [{eft_file}]}}
 """)
@@ -184,3 +184,17 @@ def test_processor_outputs_and_executors(run_config, tmp_path):
     assert len(table) == int(out["cutflow"]["TT_EFT"]["emu"][list(out["cutflow"]["TT_EFT"]["emu"])[-1]]
                              + out["cutflow"]["TT_EFT"]["ee"][list(out["cutflow"]["TT_EFT"]["ee"])[-1]]
                              + out["cutflow"]["TT_EFT"]["mumu"][list(out["cutflow"]["TT_EFT"]["mumu"])[-1]])
+
+
+def test_bins_match_hist_at_edges_and_flow():
+    axes = (hist.axis.Regular(5, -1.0, 1.5, name="x"), hist.axis.Variable([0, 1, 3, 7], name="y", underflow=False),
+            hist.axis.StrCategory(["a", "b"], name="c"))
+    x = np.array([-1.0, -0.5, 0.0, 1.5, 1.4999999, -1.0000001, np.nan, 0.3, 2.0, 0.0])
+    y = np.array([0.0, 1.0, 3.0, 7.0, -1.0, 2.0, 2.0, 6.9, 0.5, 100.0])
+    c = np.array(["a", "b", "a", "z", "b", "a", "b", "a", "b", "a"])
+    coef = np.zeros((len(x), 6))
+    coef[:, 0] = 1.0
+    h = EFTHist(*axes, wc_names=truth.WC_NAMES)
+    h.fill(coef, weight=np.arange(1.0, 11.0), x=x, y=y, c=c)
+    direct = hist.Hist(*axes, storage=hist.storage.Weight()).fill(x=x, y=y, c=c, weight=np.arange(1.0, 11.0))
+    np.testing.assert_array_equal(h.eval([0.0, 0.0]).values(flow=True), direct.values(flow=True))

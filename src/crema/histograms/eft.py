@@ -18,13 +18,13 @@ import json
 from dataclasses import dataclass
 
 import hist
+import numba
 import numpy as np
 
 from crema.schema import ConfigError
 
 MAX_CONDITION = 1e8  # above this the design matrix of the reweight points is called degenerate
 CLOSURE_TOLERANCE = 1e-6
-FILL_BLOCK = 1 << 22  # (event, term) entries per fill block
 
 
 def n_terms(n_wc: int) -> int:
@@ -126,6 +126,80 @@ def fit_coefficients(weights, points: EFTPoints, dataset: str, pinv: np.ndarray 
 # ------------------------------------------------------------------------------- histogram
 
 
+@numba.njit(cache=True, nogil=True)
+def _flat_bins(reg_x, reg_lo, reg_delta, reg_size, reg_shift, reg_extent, reg_stride,
+               idx, idx_extent, idx_stride, offset):  # pragma: no cover - compiled
+    """Flat storage bin per event (-1: outside the storage). Regular axes are indexed exactly as
+    boost-histogram does; other axes come as precomputed indices."""
+    n = reg_x.shape[1] if reg_x.shape[0] else idx.shape[1]
+    out = np.empty(n, np.int64)
+    for i in range(n):
+        b = offset
+        for a in range(reg_x.shape[0]):
+            z = (reg_x[a, i] - reg_lo[a]) / reg_delta[a]
+            if z < 1.0:
+                j = int(z * reg_size[a]) if z >= 0.0 else -1
+            else:
+                j = reg_size[a]
+            j += reg_shift[a]
+            if j < 0 or j >= reg_extent[a]:
+                b = -1
+                break
+            b += j * reg_stride[a]
+        if b >= 0:
+            for a in range(idx.shape[0]):
+                j = idx[a, i]
+                if j < 0 or j >= idx_extent[a]:
+                    b = -1
+                    break
+                b += j * idx_stride[a]
+        out[i] = b
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _regular_bins(x, lo, delta, size, shift, extent, stride, offset):  # pragma: no cover - compiled
+    """:func:`_flat_bins` for the common case of one regular axis (and scalar categories)."""
+    out = np.empty(x.shape[0], np.int64)
+    for i in range(x.shape[0]):
+        z = (x[i] - lo) / delta
+        if z < 1.0:
+            j = int(z * size) if z >= 0.0 else -1
+        else:
+            j = size
+        j += shift
+        out[i] = offset + j * stride if 0 <= j < extent else -1
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _accumulate(bins, coef, w, bench, values, sumw2):  # pragma: no cover - compiled
+    """values[bin, t] += w c_t and sumw2[bin, k] += (w sum_t c_t m_kt)^2 for every event with a bin."""
+    n, n_terms_ = coef.shape
+    n_bench = bench.shape[0]
+    for i in range(n):
+        b = bins[i]
+        if b < 0:
+            continue
+        wi = w[i]
+        for t in range(n_terms_):
+            values[b, t] += wi * coef[i, t]
+        for k in range(n_bench):
+            r = 0.0
+            for t in range(n_terms_):
+                r += coef[i, t] * bench[k, t]
+            r *= wi
+            sumw2[b, k] += r * r
+
+
+def _category_index(ax, value) -> int:
+    """Index of a category; its number of categories (the overflow bin) when unknown."""
+    try:
+        return int(ax.index(value.item() if isinstance(value, np.generic) else value))
+    except KeyError:
+        return len(ax)
+
+
 def _axis_state(ax) -> dict:
     t = ax.traits
     base = {"name": ax.name, "label": ax.label}
@@ -169,63 +243,92 @@ class EFTHist:
         if bench.ndim != 2 or bench.shape[1] != len(self.wc_names):
             raise ValueError(f"EFTHist: benchmarks need {len(self.wc_names)} values each")
         self.benchmarks = bench
+        self._bench_terms = term_vector(bench) if len(bench) else np.zeros((0, len(self.terms)))
         self._shape = tuple(ax.extent for ax in self.axes)
+        strides = [int(np.prod(self._shape[k + 1:])) for k in range(len(self._shape))]
+        self._layout = [(ax, st, 1 if ax.traits.underflow else 0) for ax, st in zip(self.axes, strides)]
+        # regular axes are indexed inside the fill loop (as boost-histogram does): lo, width, bins, shift, extent, stride
+        self._regular = {k: (ax.edges[0], ax.edges[-1] - ax.edges[0], len(ax), sh, ax.extent, st)
+                         for k, (ax, st, sh) in enumerate(self._layout)
+                         if isinstance(ax, hist.axis.Regular) and ax.transform is None}
         nbins = int(np.prod(self._shape)) if self._shape else 1
-        self._values = np.zeros((len(self.terms), nbins))
-        self._sumw2 = np.zeros((len(self.benchmarks), nbins))
+        # bins x terms: the terms of one bin are contiguous, as the fill loop adds them together
+        self._values = np.zeros((nbins, len(self.terms)))
+        self._sumw2 = np.zeros((nbins, len(self.benchmarks)))
 
     # ---------------------------------------------------------------- filling
-    def _flat_index(self, values: dict, n: int) -> np.ndarray:
-        idx = []
-        for ax in self.axes:
+    def _index_inputs(self, values: dict, n: int):
+        """Kernel inputs: regular-axis values and parameters, other axes' indices, the scalar offset
+        (None when a scalar category lies outside the storage)."""
+        reg, idx, reg_axes, idx_axes, offset = [], [], [], [], 0
+        for k, (ax, stride, shift) in enumerate(self._layout):
             if ax.name not in values:
                 raise ValueError(f"EFTHist.fill: no values for axis {ax.name!r}")
             v = values[ax.name]
-            if isinstance(ax, (hist.axis.StrCategory, hist.axis.IntCategory)) and np.ndim(v) == 0:
-                i = np.full(n, ax.index(v), dtype=np.int64)
+            if isinstance(ax, (hist.axis.StrCategory, hist.axis.IntCategory)):
+                if np.ndim(v) == 0:
+                    j = _category_index(ax, v) + shift
+                    if not 0 <= j < ax.extent:
+                        return None
+                    offset += j * stride
+                    continue
+                # unknown categories go to the overflow bin (dropped without one), as in hist
+                uniq, inverse = np.unique(np.asarray(v), return_inverse=True)
+                lookup = np.array([_category_index(ax, u) for u in uniq], dtype=np.int64)
+                arr = lookup[inverse].reshape(-1) + shift
+            elif k in self._regular:
+                arr = np.asarray(v, dtype=np.float64)
             else:
-                i = np.asarray(ax.index(np.asarray(v)), dtype=np.int64)
-            idx.append(i + (1 if ax.traits.underflow else 0))
-        if not idx:
-            return np.zeros(n, dtype=np.int64)
-        return np.ravel_multi_index(tuple(idx), self._shape)
+                arr = np.asarray(ax.index(np.asarray(v)), dtype=np.int64) + shift
+            if arr.shape != (n,):
+                raise ValueError(f"EFTHist.fill: values of axis {ax.name!r} need shape ({n},)")
+            if k in self._regular:
+                reg.append(arr)
+                reg_axes.append(self._regular[k])
+            else:
+                idx.append(arr)
+                idx_axes.append((ax.extent, stride))
+        reg_x = reg[0][None] if len(reg) == 1 else (np.stack(reg) if reg else np.zeros((0, n)))
+        rp = np.asarray(reg_axes, dtype=np.float64).reshape(-1, 6)
+        ip = np.asarray(idx_axes, dtype=np.int64).reshape(-1, 2)
+        as_int = lambda col: rp[:, col].astype(np.int64)  # noqa: E731
+        return (reg_x, rp[:, 0].copy(), rp[:, 1].copy(), as_int(2), as_int(3), as_int(4), as_int(5),
+                np.stack(idx) if idx else np.zeros((0, n), dtype=np.int64), ip[:, 0].copy(), ip[:, 1].copy(), offset)
 
     def fill(self, coefficients, weight=None, **values) -> None:
-        """Add events: ``coefficients`` (N, n_terms), ``weight`` (N,) or None, one array (or scalar
-        for a category) per axis. One pass: the bin index is computed once, then one
-        single weighted bincount over (bin, term) per block of events (no copy of the coefficient array)."""
+        """Add events: ``coefficients`` (N, n_terms) float32 or float64, ``weight`` (N,) or None, one array
+        (or a scalar for a category) per axis.
+
+        Compiled loops: the bin of every event is computed once, then one pass adds weight x
+        coefficient to every term of the event's bin (and the squared weight at every benchmark
+        point); no copy of the coefficient array is made.
+        """
         coef = np.asarray(coefficients)
         if coef.ndim != 2 or coef.shape[1] != len(self.terms):
             raise ValueError(f"EFTHist.fill: coefficients need shape (N, {len(self.terms)})")
+        if coef.dtype not in (np.float32, np.float64):
+            coef = coef.astype(np.float64)
         n = coef.shape[0]
         if n == 0:
             return
-        flat = self._flat_index(values, n)
+        inputs = self._index_inputs(values, n)
+        if inputs is None:  # a category outside the storage: nothing to fill
+            return
         w = np.ones(n) if weight is None else np.asarray(weight, dtype=np.float64)
-        t = len(self.terms)
-        nbins = self._values.shape[1]
-        bench = term_vector(self.benchmarks).T if len(self.benchmarks) else None
-        offsets = np.arange(t)
-        # blocks of events keep the temporaries (index and weight of every (event, term)) near 4M entries
-        rows = max(1, FILL_BLOCK // t)
-        for start in range(0, n, rows):
-            sl = slice(start, min(n, start + rows))
-            block = coef[sl]
-            wb = w[sl]
-            index = (flat[sl, None] * t + offsets).ravel()
-            summed = np.bincount(index, weights=(block * wb[:, None]).ravel(), minlength=nbins * t)
-            self._values += summed.reshape(nbins, t).T
-            if bench is not None:
-                r = (block @ bench) * wb[:, None]
-                kk = bench.shape[1]
-                index = (flat[sl, None] * kk + np.arange(kk)).ravel()
-                summed = np.bincount(index, weights=np.square(r).ravel(), minlength=nbins * kk)
-                self._sumw2 += summed.reshape(nbins, kk).T
+        if w.shape != (n,):
+            raise ValueError(f"EFTHist.fill: weight needs shape ({n},)")
+        bench = self._bench_terms
+        reg_x, lo, delta, size, shift, extent, stride, idx = inputs[:8]
+        if reg_x.shape[0] == 1 and idx.shape[0] == 0:
+            bins = _regular_bins(reg_x[0], lo[0], delta[0], size[0], shift[0], extent[0], stride[0], inputs[-1])
+        else:
+            bins = _flat_bins(*inputs)
+        _accumulate(bins, coef, w, bench, self._values, self._sumw2)
 
     # ---------------------------------------------------------------- reading
     def term_view(self, flow: bool = False) -> np.ndarray:
         """(n_terms, *axes) yields per term."""
-        v = self._values.reshape((len(self.terms), *self._shape))
+        v = np.moveaxis(self._values.reshape((*self._shape, len(self.terms))), -1, 0)
         return v if flow else v[(slice(None), *self._inner())]
 
     def _inner(self):
@@ -239,13 +342,13 @@ class EFTHist:
                 raise KeyError(f"EFTHist.eval: unknown coefficient {unknown[0]!r} (known: {', '.join(self.wc_names)})")
             point = [float(point.get(w, 0.0)) for w in self.wc_names]
         c = np.asarray(point, dtype=np.float64)
-        values = (term_vector(c) @ self._values).reshape(self._shape)
+        values = (self._values @ term_vector(c)).reshape(self._shape)
         k = np.flatnonzero(np.all(self.benchmarks == c, axis=1)) if len(self.benchmarks) else []
         if len(k):
             h = hist.Hist(*self.axes, storage=hist.storage.Weight())
             view = h.view(flow=True)
             view.value[...] = values
-            view.variance[...] = self._sumw2[k[0]].reshape(self._shape)
+            view.variance[...] = self._sumw2[:, k[0]].reshape(self._shape)
         else:
             h = hist.Hist(*self.axes, storage=hist.storage.Double())
             h.view(flow=True)[...] = values
@@ -263,7 +366,7 @@ class EFTHist:
                 axes.append(ax)
         out = EFTHist(*axes, wc_names=self.wc_names, benchmarks=self.benchmarks)
         for src, dst in ((self._values, out._values), (self._sumw2, out._sumw2)):
-            dst[...] = src.reshape((src.shape[0], *self._shape))[(slice(None), *index)].reshape(dst.shape)
+            dst[...] = src.reshape((*self._shape, src.shape[-1]))[(*index, slice(None))].reshape(dst.shape)
         return out
 
     def scale(self, factor: float) -> None:
