@@ -156,16 +156,29 @@ datasets:
     return load_config(path)
 
 
-def test_processor_outputs_and_executors(run_config, tmp_path):
-    from crema.processors.ttbar_eft import FEATURES
-    from crema.workflows.eft_outputs import write_eft_outputs
+@pytest.fixture(scope="module")
+def iterative_output(run_config):
     from crema.workflows.run import run
 
-    out, _ = run(run_config)
+    return run(run_config)[0]
+
+
+@pytest.mark.slow
+def test_futures_executor_gives_the_same_histograms(run_config, iterative_output):
+    from crema.workflows.run import run
+
     fut, _ = run(run_config.with_executor(name="futures", workers=2))
-    for name, h in out["eft_histograms"]["TT_EFT"].items():
+    for name, h in iterative_output["eft_histograms"]["TT_EFT"].items():
         np.testing.assert_allclose(h.term_view(flow=True), fut["eft_histograms"]["TT_EFT"][name].term_view(flow=True),
                                    rtol=1e-12, atol=1e-12)
+
+
+def test_processor_outputs(run_config, iterative_output, tmp_path):
+    from crema.processors.ttbar_eft import FEATURES
+    from crema.workflows.eft_outputs import write_eft_outputs
+
+    out = iterative_output
+    assert out["eft_histograms"]["TT_EFT"]["m_ll"].axes["systematic"][0] == "nominal"
     assert set(FEATURES) | {"pt_ll_eta_l1"} == set(out["eft_histograms"]["TT_EFT"])
     paths = write_eft_outputs(out, run_config.samples, tmp_path)
     with uproot.open(paths["eft_templates"]) as f:
