@@ -38,12 +38,14 @@ def test_reweight_points_and_closure(eft_file):
     assert np.max(np.abs(coef @ design.T - w) / np.abs(w)) <= 1e-6
 
 
+def _partons(seed: int, n: int):
+    """Random parton kinematics: q qbar flag, m_tt, cos theta, and the generator's RNG for more."""
+    rng = np.random.default_rng(seed)
+    return rng.uniform(size=n) < 0.3, 350 + rng.gamma(1.3, 150, n), rng.uniform(-1, 1, n), rng
+
+
 def test_coefficients_match_analytic_truth():
-    rng = np.random.default_rng(3)
-    n = 5000
-    is_qq = rng.uniform(size=n) < 0.3
-    m_tt = 350 + rng.gamma(1.3, 150, n)
-    cos = rng.uniform(-1, 1, n)
+    is_qq, m_tt, cos, _ = _partons(3, 5000)
     points = EFTPoints(list(truth.WC_NAMES), [list(p) for p in truth.REWEIGHT_POINTS])
     w = truth.reweight_weights({"is_qq": is_qq, "m_tt": m_tt, "cos_theta": cos})
     coef = fit_coefficients(w, points, "tt")
@@ -66,11 +68,8 @@ def _axes():
 
 
 def test_eval_equals_direct_fill_with_truth_ratio():
-    rng = np.random.default_rng(4)
     n = 20000
-    is_qq = rng.uniform(size=n) < 0.3
-    m_tt = 350 + rng.gamma(1.3, 150, n)
-    cos = rng.uniform(-1, 1, n)
+    is_qq, m_tt, cos, rng = _partons(4, n)
     w = rng.normal(1.0, 0.3, n)
     coef = truth.truth_coefficients(is_qq, m_tt, cos)
     h = EFTHist(*_axes(), wc_names=truth.WC_NAMES, benchmarks=[[0.5, -2.0]])

@@ -23,7 +23,7 @@ from coffea.analysis_tools import PackedSelection, Weights
 from crema.corrections.btag import working_point
 from crema.corrections.era import EraConfig
 from crema.histograms.eft import EFTHist, EFTPoints, design_matrix, fit_coefficients, n_terms
-from crema.processors.common import SampleInfo, book, load_histogram_specs, normalisation
+from crema.processors.common import SampleInfo, book, load_histogram_specs, normalisation, start_chunk
 from crema.schema import ConfigError, from_dict, load_yaml
 from crema.selections import hhbbww as sel
 from crema.selections.config import load_selection
@@ -249,12 +249,8 @@ class TTbarEFTProcessor(processor.ProcessorABC):
         return s, list(s.names), channel
 
     def process(self, events: ak.Array) -> dict[str, Any]:
-        dataset = events.metadata["dataset"]
-        sample = self.samples[dataset]
         out = self.empty_output()
-        n = len(events)
-        out["nevents"][dataset] = n
-        out["processed"][events.metadata["filename"]] = n
+        dataset, sample, n = start_chunk(events, self.samples, out)
         if sample.is_mc:
             coef = self.coefficients(events, dataset)
         else:
