@@ -189,6 +189,14 @@ def test_processor_outputs(run_config, iterative_output, tmp_path):
     scal = json.loads(paths["scalings"].read_text())
     entry = next(e for e in scal if e["channel"] == "emu_inclusive_m_ll")
     assert entry["parameters"] == ["1", "ctGRe", "ctj8"] and all(len(b) == 6 and b[0] == 1.0 for b in entry["scaling"])
+    from crema.stats.eft import fit
+
+    stat = fit(tmp_path, ["m_ll"], tmp_path / "stat", plots=False, points=41)
+    syst = fit(tmp_path, ["m_ll"], tmp_path / "syst", systematics=True, plots=False, points=41)
+    assert syst["systematics"] == ["electron_id", "muon_id", "muon_iso", "pileup"]
+    for wc in ("ctGRe", "ctj8"):
+        width = lambda r: np.diff(r["intervals"][wc]["profiled"]["95"])[0]  # noqa: E731
+        assert width(syst) >= width(stat) - 1e-6
     import pandas as pd
 
     table = pd.read_parquet(paths["eft_features"])

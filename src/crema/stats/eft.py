@@ -67,8 +67,8 @@ def load_model(run_dir: str | Path, observables: list[str], wc_names: list[str],
                 block = sum(np.stack([f[d][f"{p}_{t}"].values().ravel() for t in terms]) for p in procs)
                 nominal.append(block)
                 if systematics:
-                    variations = sorted({n.rsplit("_", 1)[1][:-2] for n in names if n.endswith("Up")
-                                         and n.startswith(f"{procs[0]}_sm_")})
+                    prefix = f"{procs[0]}_sm_"
+                    variations = sorted(n[len(prefix):-2] for n in names if n.startswith(prefix) and n.endswith("Up"))
                     for s in variations:
                         up = sum(np.stack([f[d][f"{p}_{t}_{s}Up"].values().ravel() for t in terms]) for p in procs)
                         down = sum(np.stack([f[d][f"{p}_{t}_{s}Down"].values().ravel() for t in terms]) for p in procs)
@@ -160,7 +160,8 @@ def fit(run_dir, observables: list[str], outdir, wc_names: list[str] | None = No
 
 
 def contour(model: EFTModel, data, intervals: dict, pair: list[str], n: int = 41) -> dict:
-    """Delta(-2 ln L) on a grid of two coefficients (the others at 0), spanning 1.5x their fixed 95% intervals."""
+    """Delta(-2 ln L) on a grid of two coefficients (the others and the nuisance parameters at 0),
+    spanning 1.5x their fixed 95% intervals."""
     idx = [model.wc_names.index(w) for w in pair]
     axes = []
     for w in pair:
@@ -174,7 +175,8 @@ def contour(model: EFTModel, data, intervals: dict, pair: list[str], n: int = 41
     ok = data > 0
     nll = 2.0 * (nu.sum(axis=1) - (np.log(nu[:, ok]) * data[ok]).sum(axis=1))
     nll -= model.nll2(np.zeros(len(model.wc_names)), data)
-    return {"wc": pair, "x": axes[0].tolist(), "y": axes[1].tolist(), "delta_nll2": nll.reshape(xx.shape).tolist()}
+    return {"wc": pair, "x": axes[0].tolist(), "y": axes[1].tolist(), "delta_nll2": nll.reshape(xx.shape).tolist(),
+            "nuisances": "fixed at 0"}
 
 
 def _wc_names_from_templates(run_dir: Path) -> list[str]:
