@@ -218,3 +218,22 @@ def test_bins_match_hist_at_edges_and_flow():
     h.fill(coef, weight=np.arange(1.0, 11.0), x=x, y=y, c=c)
     direct = hist.Hist(*axes, storage=hist.storage.Weight()).fill(x=x, y=y, c=c, weight=np.arange(1.0, 11.0))
     np.testing.assert_array_equal(h.eval([0.0, 0.0]).values(flow=True), direct.values(flow=True))
+
+
+def test_dataset_eft_points_are_validated(tmp_path):
+    from crema.workflows.config import load_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text("""
+luminosity_fb: 1.0
+processor: {name: ttbar_eft}
+datasets:
+  - name: TT_EFT
+    kind: background
+    process: ttbar
+    xsec_pb: 98.0
+    files: [x.root]
+    eft_points: '{"wc_names": ["ctGRe", "ctj8"], "points": [[0, 0], [1]]}'
+""")
+    with pytest.raises(ConfigError, match=r"datasets\[0\]\.eft_points: .*points\[1\]: need 2 finite values"):
+        load_config(path)
