@@ -163,12 +163,13 @@ def iterative_output(run_config):
 
 
 @pytest.mark.slow
-def test_futures_executor_gives_the_same_histograms(run_config, iterative_output):
+@pytest.mark.parametrize("executor", ["futures", "dask"])
+def test_executors_give_the_same_histograms(run_config, iterative_output, executor):
     from crema.workflows.run import run
 
-    fut, _ = run(run_config.with_executor(name="futures", workers=2))
+    other, _ = run(run_config.with_executor(name=executor, workers=2))
     for name, h in iterative_output["eft_histograms"]["TT_EFT"].items():
-        np.testing.assert_allclose(h.term_view(flow=True), fut["eft_histograms"]["TT_EFT"][name].term_view(flow=True),
+        np.testing.assert_allclose(h.term_view(flow=True), other["eft_histograms"]["TT_EFT"][name].term_view(flow=True),
                                    rtol=1e-12, atol=1e-12)
 
 

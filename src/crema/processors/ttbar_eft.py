@@ -9,6 +9,7 @@ table (features, coefficients, weight, event) for training.  See docs/eft.md.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,7 @@ class TTbarEFTProcessor(processor.ProcessorABC):
         self.systematics = [NOMINAL, *(self.event_weights.variations if self.event_weights and options.systematics
                                        else [])]
         self._points_cache: dict[str, EFTPoints] = {}
+        self._pinv_cache: dict[tuple[str, str], np.ndarray] = {}
 
     # ------------------------------------------------------------------ booking
     def _eft_hist(self, *axes) -> EFTHist:
@@ -221,7 +223,10 @@ class TTbarEFTProcessor(processor.ProcessorABC):
             raise ConfigError(f"{events.metadata['filename']}: LHEReweightingWeight has {counts.min()}-{counts.max()} "
                               f"entries per event, EFTReweightPoints {len(points.points)} points")
         w = ak.to_numpy(ak.flatten(events.LHEReweightingWeight)).reshape(n, len(points.points))
-        return fit_coefficients(w, points, dataset, design_matrix(points, dataset))
+        key = (dataset, json.dumps(points.points))
+        if key not in self._pinv_cache:  # one pseudo-inverse (and condition check) per dataset and point set
+            self._pinv_cache[key] = design_matrix(points, dataset)
+        return fit_coefficients(w, points, dataset, self._pinv_cache[key])
 
     def event_selection(self, objects: sel.Objects, met: np.ndarray):
         """Per-event channel and the cutflow (a PackedSelection)."""
