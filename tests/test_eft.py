@@ -192,8 +192,8 @@ def test_processor_outputs(run_config, iterative_output, tmp_path):
     assert entry["parameters"] == ["1", "ctGRe", "ctj8"] and all(len(b) == 6 and b[0] == 1.0 for b in entry["scaling"])
     from crema.stats.eft import fit
 
-    stat = fit(tmp_path, ["m_ll"], tmp_path / "stat", plots=False, points=41)
-    syst = fit(tmp_path, ["m_ll"], tmp_path / "syst", systematics=True, plots=False, points=41)
+    stat = fit(tmp_path, ["m_ll"], tmp_path / "stat", plots=False, points=21)
+    syst = fit(tmp_path, ["m_ll"], tmp_path / "syst", systematics=True, plots=False, points=21)
     assert syst["systematics"] == ["electron_id", "muon_id", "muon_iso", "pileup"]
     for wc in ("ctGRe", "ctj8"):
         width = lambda r: np.diff(r["intervals"][wc]["profiled"]["95"])[0]  # noqa: E731

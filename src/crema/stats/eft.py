@@ -107,32 +107,31 @@ def profile_nll2(model: EFTModel, data: np.ndarray, fixed: dict[int, float], pro
 
 
 def scan(model: EFTModel, data: np.ndarray, index: int, grid: np.ndarray, profile_wc: bool) -> np.ndarray:
-    """Delta(-2 ln L) along coefficient ``index`` on ``grid``."""
-    best = profile_nll2(model, data, {index: 0.0}, profile_wc)  # Asimov SM data: the minimum is at the SM
-    values = np.array([profile_nll2(model, data, {index: float(x)}, profile_wc) for x in grid])
-    return values - min(best, values.min())
-
-
-def interval(model: EFTModel, data, index: int, level: str, profile_wc: bool, grid: np.ndarray) -> list[float]:
-    """[lo, hi] where Delta(-2 ln L) crosses the threshold of ``level`` ("68" or "95"), refined with brentq."""
-    thr = THRESHOLDS[level]
+    """Delta(-2 ln L) along coefficient ``index`` on ``grid`` (relative to the SM point: Asimov SM data)."""
     best = profile_nll2(model, data, {index: 0.0}, profile_wc)
-    f = lambda x: profile_nll2(model, data, {index: float(x)}, profile_wc) - best - thr  # noqa: E731
-    values = np.array([f(x) for x in grid])
+    return np.array([profile_nll2(model, data, {index: float(x)}, profile_wc) for x in grid]) - best
+
+
+def intervals(model: EFTModel, data, index: int, profile_wc: bool, grid: np.ndarray,
+              values: np.ndarray | None = None) -> dict[str, list[float]]:
+    """{"68": [lo, hi], "95": [lo, hi]}: where Delta(-2 ln L) crosses each threshold nearest to 0 on
+    ``grid`` (``values``: its scan, computed if not given), refined with brentq."""
+    best = profile_nll2(model, data, {index: 0.0}, profile_wc)
+    values = scan(model, data, index, grid, profile_wc) if values is None else values
     zero = int(np.argmin(np.abs(grid)))
-    lo = hi = None
-    for k in range(zero, 0, -1):
-        if values[k] < 0 <= values[k - 1]:
-            lo = brentq(f, grid[k - 1], grid[k], xtol=1e-6)
-            break
-    for k in range(zero, len(grid) - 1):
-        if values[k] < 0 <= values[k + 1]:
-            hi = brentq(f, grid[k], grid[k + 1], xtol=1e-6)
-            break
-    if lo is None or hi is None:
-        raise ValueError(f"{model.wc_names[index]}: the {level}% interval does not close within "
-                         f"[{grid[0]:g}, {grid[-1]:g}]")
-    return [float(lo), float(hi)]
+    out = {}
+    for level, thr in THRESHOLDS.items():
+        f = lambda x: profile_nll2(model, data, {index: float(x)}, profile_wc) - best - thr  # noqa: E731
+        above = values - thr
+        lo = next((brentq(f, grid[k - 1], grid[k], xtol=1e-6) for k in range(zero, 0, -1)
+                   if above[k] < 0 <= above[k - 1]), None)
+        hi = next((brentq(f, grid[k], grid[k + 1], xtol=1e-6) for k in range(zero, len(grid) - 1)
+                   if above[k] < 0 <= above[k + 1]), None)
+        if lo is None or hi is None:
+            raise ValueError(f"{model.wc_names[index]}: the {level}% interval does not close within "
+                             f"[{grid[0]:g}, {grid[-1]:g}]")
+        out[level] = [float(lo), float(hi)]
+    return out
 
 
 def fit(run_dir, observables: list[str], outdir, wc_names: list[str] | None = None, systematics: bool = False,
@@ -145,11 +144,10 @@ def fit(run_dir, observables: list[str], outdir, wc_names: list[str] | None = No
     grid = np.linspace(-span, span, points)
     result = {"observables": list(observables), "systematics": model.systematics, "intervals": {}, "scans": {}}
     for i, wc in enumerate(wc_names):
-        result["intervals"][wc] = {
-            mode: {level: interval(model, data, i, level, mode == "profiled", grid) for level in THRESHOLDS}
-            for mode in ("fixed", "profiled")
-        }
-        result["scans"][wc] = {"grid": grid.tolist(), "fixed": scan(model, data, i, grid, False).tolist()}
+        scans = {mode: scan(model, data, i, grid, mode == "profiled") for mode in ("fixed", "profiled")}
+        result["intervals"][wc] = {mode: intervals(model, data, i, mode == "profiled", grid, values)
+                                   for mode, values in scans.items()}
+        result["scans"][wc] = {"grid": grid.tolist(), **{mode: v.tolist() for mode, v in scans.items()}}
     if len(wc_names) >= 2:
         result["contour"] = contour(model, data, result["intervals"], wc_names[:2])
     outdir.mkdir(parents=True, exist_ok=True)
@@ -191,6 +189,8 @@ def _plot(result: dict, outdir: Path) -> None:
     for wc, s in result["scans"].items():
         fig, ax = plt.subplots(figsize=(5, 4))
         ax.plot(s["grid"], s["fixed"], label="others at 0")
+        ax.plot(s["grid"], s["profiled"], label="others profiled")
+        ax.legend()
         for level, thr in THRESHOLDS.items():
             ax.axhline(thr, ls="--", lw=0.8, color="grey")
         ax.set_ylim(0, 10)
