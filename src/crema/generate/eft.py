@@ -45,7 +45,7 @@ G_S = float(np.sqrt(4.0 * np.pi * ALPHA_S))
 KAPPA_PER_CTG = 2.0 * np.sqrt(2.0) * M_TOP * V_EW / (G_S * LAMBDA**2)
 
 # Parametrised parton luminosity ratio L_qqbar / L_gg as a function of m_tt (13.6 TeV-like: the
-# q qbar share of t tbar grows from ~10% at threshold to ~30% at 1.5 TeV).
+# q qbar share of t tbar is ~10% at threshold, ~8% at 500 GeV, 13% at 1 TeV and 21% at 1.5 TeV).
 LUMI_QQ_NORM = 0.039
 LUMI_QQ_POWER = 2.1
 
