@@ -23,7 +23,7 @@ from coffea.analysis_tools import PackedSelection, Weights
 
 from crema.corrections.btag import working_point
 from crema.corrections.era import EraConfig
-from crema.histograms.eft import EFTHist, EFTPoints, design_matrix, fit_coefficients, n_terms
+from crema.histograms.eft import EFTHist, EFTPoints, design_matrix, fit_coefficients, n_terms, term_names
 from crema.processors.common import SampleInfo, book, load_histogram_specs, normalisation, start_chunk
 from crema.schema import ConfigError, from_dict, load_yaml
 from crema.selections import hhbbww as sel
@@ -105,6 +105,13 @@ def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
     return np.hypot(px, py), np.sqrt(np.maximum(e * e - px * px - py * py - pz * pz, 0.0))
 
 
+def _sm_only(n: int, n_wc: int) -> np.ndarray:
+    """Coefficients of events without EFT dependence: 1 for the SM term, 0 for the others."""
+    out = np.zeros((n, n_terms(n_wc)))
+    out[:, 0] = 1.0
+    return out
+
+
 def features(leptons: ak.Array, jets: ak.Array, score: str) -> dict[str, np.ndarray]:
     """The 18 ML4EFT features of events with exactly two leptons and >= 2 jets.
 
@@ -183,6 +190,8 @@ class TTbarEFTProcessor(processor.ProcessorABC):
         needs = sel.required_branches(self.selection, self.options.met)
         if sample.is_mc:
             needs["genWeight"] = "event weights (simulated datasets)"
+        if self.options.features:
+            needs["event"] = "the feature table (processor.options.features)"
         return needs
 
     def empty_output(self) -> dict[str, Any]:
@@ -207,11 +216,8 @@ class TTbarEFTProcessor(processor.ProcessorABC):
     def coefficients(self, events: ak.Array, dataset: str) -> np.ndarray:
         """Per-event coefficients (N, n_terms) in this processor's WC order (SM only without weights)."""
         n = len(events)
-        t = n_terms(len(self.wc_names))
         if "LHEReweightingWeight" not in events.fields:
-            out = np.zeros((n, t))
-            out[:, 0] = 1.0
-            return out
+            return _sm_only(n, len(self.wc_names))
         points = self.points_for(dataset, events.metadata["filename"])
         if sorted(points.wc_names) != sorted(self.wc_names):
             raise ConfigError(f"dataset {dataset}: reweight points are in {points.wc_names}, the processor's "
@@ -256,51 +262,56 @@ class TTbarEFTProcessor(processor.ProcessorABC):
     def process(self, events: ak.Array) -> dict[str, Any]:
         out = self.empty_output()
         dataset, sample, n = start_chunk(events, self.samples, out)
-        if sample.is_mc:
-            coef = self.coefficients(events, dataset)
-        else:
-            coef = np.zeros((n, n_terms(len(self.wc_names))))
-            coef[:, 0] = 1.0
+        coef = self.coefficients(events, dataset) if sample.is_mc else _sm_only(n, len(self.wc_names))
         objects = sel.select_objects(events, self.selection, self.btag_threshold, self.options.met)
-        weights = Weights(n, storeIndividual=True)
+        weights = self.weights(events, sample, objects)
+        out["sumw"][dataset] = float(np.sum(weights.partial_weight(include=["genWeight"]))) if sample.is_mc else float(n)
+        selection, cuts, channel = self.event_selection(objects, np.asarray(ak.to_numpy(objects.met.pt), np.float64))
+        self.cutflow(out, dataset, selection, cuts, channel, weights.weight(), coef)
+        mask = selection.all(*cuts)
+        chosen = objects[mask]
+        feats = features(chosen.leptons, chosen.jets, self.selection.btag.score)
+        out["eft_histograms"][dataset] = self.fill(feats, coef[mask], channel[mask], weights, mask)
+        if self.options.features:
+            key = f"{events.metadata['filename']}:{events.metadata['entrystart']:012d}"
+            table = {**feats, "weight": weights.weight()[mask], "event": np.asarray(ak.to_numpy(events.event[mask])),
+                     "channel": channel[mask].astype("U4")}
+            table.update({f"coef_{t}": coef[mask][:, i] for i, t in enumerate(term_names(self.wc_names))})
+            out["features"][dataset] = [(key, table)]
+        return out
+
+    def weights(self, events: ak.Array, sample: SampleInfo, objects: sel.Objects) -> Weights:
+        """genWeight and the era's scale factors (with up/down variations) for simulation; 1 for data."""
+        weights = Weights(len(events), storeIndividual=True)
         if sample.is_mc:
             weights.add("genWeight", np.asarray(ak.to_numpy(events.genWeight), dtype=np.float64))
             if self.event_weights is not None:
                 self.event_weights.add(weights, events, objects.leptons, objects.jets)
-        out["sumw"][dataset] = float(np.sum(weights.partial_weight(include=["genWeight"]))) if sample.is_mc else float(n)
-        met = np.asarray(ak.to_numpy(objects.met.pt), dtype=np.float64)
-        selection, cuts, channel = self.event_selection(objects, met)
-        hists = self.book_dataset()
-        cutflow: dict[str, dict[str, np.ndarray]] = {}
-        w_nom = weights.weight()
-        for ch in CHANNELS:  # "all events": the whole chunk; then the events of this channel
-            counts, sums, flow = {"all events": n}, {"all events": float(w_nom.sum())}, {"all events": w_nom @ coef}
+        return weights
+
+    def cutflow(self, out, dataset, selection, cuts, channel, weight, coef) -> None:
+        """Events, weighted sums and per-term yields after each cut, per channel ("all events": the whole chunk)."""
+        flows = {}
+        for ch in CHANNELS:
+            counts, sums, flow = {"all events": len(weight)}, {"all events": float(weight.sum())}, \
+                {"all events": weight @ coef}
             for i, cut in enumerate(cuts):
                 m = selection.all(*cuts[: i + 1]) & (channel == ch)
-                counts[cut], sums[cut], flow[cut] = int(m.sum()), float(w_nom[m].sum()), w_nom[m] @ coef[m]
+                counts[cut], sums[cut], flow[cut] = int(m.sum()), float(weight[m].sum()), weight[m] @ coef[m]
             out["cutflow"].setdefault(dataset, {})[ch] = counts
             out["cutflow_weighted"].setdefault(dataset, {})[ch] = sums
-            cutflow[ch] = flow
-        out["eft_cutflow"][dataset] = cutflow
-        mask = selection.all(*cuts)
-        chosen = objects[mask]
-        feats = features(chosen.leptons, chosen.jets, self.selection.btag.score)
-        c_sel = coef[mask]
-        ch_sel = channel[mask]
+            flows[ch] = flow
+        out["eft_cutflow"][dataset] = flows
+
+    def fill(self, feats, coef, channel, weights: Weights, mask) -> dict[str, EFTHist]:
+        """EFT histograms of one chunk: every observable, every systematic (the weight variations)."""
+        hists = self.book_dataset()
         for syst in self.systematics:
-            w = (w_nom if syst == NOMINAL else weights.weight(syst))[mask]
-            for name, h in hists.items():
-                axes = [a.name for a in h.axes][3:]
-                h.fill(c_sel, weight=w, channel=ch_sel, region="inclusive", systematic=syst,
-                       **{a: feats[a] for a in axes})
-        out["eft_histograms"][dataset] = hists
-        if self.options.features:
-            key = f"{events.metadata['filename']}:{events.metadata['entrystart']:012d}"
-            table = {**feats, "weight": w_nom[mask], "event": np.asarray(ak.to_numpy(events.event[mask])),
-                     "channel": ch_sel.astype("U4")}
-            table.update({f"coef_{t}": c_sel[:, i] for i, t in enumerate(hists[next(iter(hists))].terms)})
-            out["features"][dataset] = [(key, table)]
-        return out
+            w = weights.weight(None if syst == NOMINAL else syst)[mask]
+            for h in hists.values():
+                h.fill(coef, weight=w, channel=channel, region="inclusive", systematic=syst,
+                       **{a.name: feats[a.name] for a in h.axes[3:]})
+        return hists
 
     def postprocess(self, accumulator: dict[str, Any]) -> dict[str, Any]:
         """Scale each simulated dataset to xsec x luminosity / sum of genWeight; SM histograms for plots."""
