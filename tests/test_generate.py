@@ -14,8 +14,8 @@ from crema.generate import PROCESSES, generate_events, write_nanoaod
 from crema.generate import events as gen_events
 
 REAL_FILE = Path(__file__).parent / "data" / "nano_tt_v12.root"
-ALL_PROCESSES = ["hh_sl", "hh_dl", "tt_sl", "tt_dl", "dy", "wjets", "tth_sl"]
-PROMPT_LEPTONS = {"hh_sl": 1, "hh_dl": 2, "tt_sl": 1, "tt_dl": 2, "dy": 2, "wjets": 1, "tth_sl": 1}
+ALL_PROCESSES = ["hh_sl", "hh_dl", "tt_sl", "tt_dl", "tt_dl_eft", "dy", "wjets", "tth_sl"]
+PROMPT_LEPTONS = {"hh_sl": 1, "hh_dl": 2, "tt_sl": 1, "tt_dl": 2, "tt_dl_eft": 2, "dy": 2, "wjets": 1, "tth_sl": 1}
 BTAG_M = 0.245
 
 REQUIRED = [

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import awkward as ak
 import numpy as np
 
+from . import eft as _eft
 from . import pfnano as _pfnano
 from . import theory as _theory
 from .genjets import build_inputs, cluster
@@ -145,6 +146,8 @@ def generate_block(process: str, n: int, *, seed: int, block: int, mass: float, 
         pf_rng = block_rng(seed, process, block, stream=1)
         colls.update(_pfnano.build(pf_rng, ak4.counts, ak4.fields, ak4.extra, pu.branches))
     arrays = _theory_branches(spec, hard) if theory_weights else {}
+    if hard.parton is not None:  # EFT: weights at the reweight points relative to the nominal
+        arrays["LHEReweightingWeight"] = _eft.reweight_weights(hard.parton).astype(np.float32)
     return _typed(Block(scalars, colls, arrays), pfnano)
 
 
@@ -155,8 +158,13 @@ def _theory_branches(spec, hard) -> dict[str, np.ndarray]:
     quarks = [np.where(hard.rec[s].present & np.isin(np.abs(hard.rec[s].pdg), (1, 2, 3, 4, 5)), hard.rec[s].p4.pt, 0.0)
               for s in hard.finals]
     quark_pt = np.stack(quarks, axis=1) if quarks else np.zeros((n, 0))
-    return _theory.theory_weights(spec.incoming, spec.isr_mean, n_isr - spec.isr_min,
-                                  hard.rec[0].p4.e, hard.rec[1].p4.e, quark_pt)
+    args = (spec.isr_mean, n_isr - spec.isr_min, hard.rec[0].p4.e, hard.rec[1].p4.e, quark_pt)
+    if spec.incoming != "eft":
+        return _theory.theory_weights(spec.incoming, *args)
+    # EFT ttbar: the initial state is chosen per event, so each event takes its own state's model
+    gg, qq = _theory.theory_weights("gg", *args), _theory.theory_weights("qq", *args)
+    is_qq = np.asarray(hard.parton["is_qq"], dtype=bool)[:, None]
+    return {k: np.where(is_qq, qq[k], gg[k]) for k in gg}
 
 
 def _typed(block: Block, pfnano: bool = False) -> Block:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import eft
 from .kinematics import (
     P4,
     breit_wigner,
@@ -76,6 +77,7 @@ class HardEvent:
     isr: list[int]  # ISR parton slots
     resonances: list[Resonance]
     hadrons: dict[int, HeavyFlavour] = field(default_factory=dict)  # parton slot -> hadronisation
+    parton: dict[str, np.ndarray] | None = None  # EFT processes: initial state and angle (crema.generate.eft)
 
 
 @dataclass
@@ -229,6 +231,58 @@ def _build_tt(rng, rec: GenRecord, mother: int, mass: float, n_lep: int):
     return m_tt, res
 
 
+def _build_tt_eft(rng, rec: GenRecord, mother: int, mass: float, n_lep: int):
+    """Dilepton t tbar with the initial state and the top angle drawn from the LO SM matrix elements.
+
+    m_tt follows the same spectrum as ``tt_dl``; at fixed m_tt, cos theta_z (top angle to +z in
+    the t tbar rest frame) follows L_qq |M_qq|^2 + L_gg |M_gg|^2 and the channel its SM posterior
+    (crema.generate.eft); the quark comes from either beam.  Returns the parton truth the EFT
+    weights are computed from.
+    """
+    n = rec.n
+    m_t, m_tb = _top_masses(rng, n)
+    m_tt = m_t + m_tb + rng.gamma(1.3, 110.0, n)
+    cos_z = _eft_cos_theta(rng, m_tt)
+    is_qq = rng.uniform(size=n) < eft.qq_probability(m_tt, cos_z)
+    quark_plus = rng.uniform(size=n) < 0.5  # the quark travels along +z
+    flavour = np.where(rng.uniform(size=n) < 2.0 / 3.0, 2, 1)
+    pdg1 = np.where(is_qq, np.where(quark_plus, flavour, -flavour), PDG_GLUON)
+    phi = rng.uniform(-np.pi, np.pi, n)
+    pt_, ptb = two_body_decay(_at_rest(m_tt), m_t, m_tb, cos_z, phi)
+    t = rec.add(PDG_TOP, STATUS_RESONANCE, FLAGS_HARD, mother, pt_, mass=m_t)
+    tb = rec.add(-PDG_TOP, STATUS_RESONANCE, FLAGS_HARD, mother, ptb, mass=m_tb)
+    lep = np.ones(n, bool)
+    fin_t, w_t = _decay_top(rng, rec, t, +1, lep)
+    fin_tb, w_tb = _decay_top(rng, rec, tb, -1, lep)
+    res = [
+        Resonance(t, "t", fin_t),
+        Resonance(tb, "tbar", fin_tb),
+        Resonance(w_t, "W", fin_t[1:]),
+        Resonance(w_tb, "W", fin_tb[1:]),
+    ]
+    cos_quark = np.where(is_qq & ~quark_plus, -cos_z, cos_z)
+    parton = {"is_qq": is_qq, "m_tt": m_tt, "cos_theta": cos_quark, "pdg1": pdg1, "pdg2": np.where(is_qq, -pdg1, PDG_GLUON)}
+    return m_tt, res, parton
+
+
+def _eft_cos_theta(rng, m_tt):
+    """cos theta_z at each m_tt from the SM density L_qq |M_qq|^2 + L_gg |M_gg|^2 (accept-reject)."""
+
+    def density(m, c):
+        return eft.lumi_ratio_qq(m) * eft.sm_qq(m, c) + eft.sm_gg(m, c)
+
+    grid = np.linspace(-1.0, 1.0, 21)
+    bound = 1.05 * np.max([density(m_tt, np.full(m_tt.size, g)) for g in grid], axis=0) if m_tt.size else m_tt
+    out = np.empty(m_tt.size)
+    todo = np.arange(m_tt.size)
+    while todo.size:
+        c = rng.uniform(-1.0, 1.0, todo.size)
+        ok = rng.uniform(size=todo.size) * bound[todo] <= density(m_tt[todo], c)
+        out[todo[ok]] = c[ok]
+        todo = todo[~ok]
+    return out
+
+
 def _build_tth(rng, rec: GenRecord, mother: int, mass: float, n_lep: int):
     """t tbar H via sequential two-body splits with three-body phase-space weighting."""
     n = rec.n
@@ -299,7 +353,7 @@ class ProcessSpec:
     description: str
     build: Callable
     n_leptons: int  # prompt charged leptons at generator level
-    incoming: str  # "gg", "qq" (q qbar) or "qq'" (charged current)
+    incoming: str  # "gg", "qq" (q qbar), "qq'" (charged current) or "eft" (chosen per event by the builder)
     isr_mean: float  # mean number of ISR partons above isr_ptmin
     isr_min: int  # ISR partons always present (W+jets: >= 1 jet)
     isr_ptmin: float
@@ -331,6 +385,11 @@ PROCESS_SPECS: dict[str, ProcessSpec] = {
             "tt_dl",
             "ttbar, both tops -> b l nu (e/mu)",
             _build_tt, 2, "gg", 1.6, 0, 20.0, 1.0, 300.0, 0.004,
+        ),
+        ProcessSpec(
+            "tt_dl_eft",
+            "ttbar dilepton with exact LO EFT weights (ctGRe, ctj8): LHEReweightingWeight + EFTReweightPoints",
+            _build_tt_eft, 2, "eft", 1.6, 0, 20.0, 1.0, 300.0, 0.0,
         ),
         ProcessSpec(
             "dy",
@@ -372,7 +431,7 @@ def generate_hard(spec: ProcessSpec, rng: np.random.Generator, n: int, mass: flo
     in1 = rec.add(PDG_GLUON, STATUS_INCOMING, FLAGS_INCOMING, -1, mass=0.0)
     in2 = rec.add(PDG_GLUON, STATUS_INCOMING, FLAGS_INCOMING, -1, mass=0.0)
     first = len(rec.slots)
-    m_sys, resonances = spec.build(rng, rec, in1, mass, spec.n_leptons)
+    m_sys, resonances, *parton = spec.build(rng, rec, in1, mass, spec.n_leptons)
     system_slots = list(range(first, len(rec.slots)))
 
     # ISR partons: Pareto pT spectrum (dN/dpT ~ pT^-3), broad rapidity
@@ -424,8 +483,12 @@ def generate_hard(spec: ProcessSpec, rng: np.random.Generator, n: int, mass: flo
         rec[in1].pdg[:] = np.where(swap, antiquark, quark)
         rec[in2].pdg[:] = np.where(swap, quark, antiquark)
 
+    elif spec.incoming == "eft":  # the builder chose the initial state per event
+        rec[in1].pdg[:] = parton[0]["pdg1"]
+        rec[in2].pdg[:] = parton[0]["pdg2"]
+
     finals = sorted({s for r in resonances for s in r.finals})
-    event = HardEvent(rec, finals, isr, resonances)
+    event = HardEvent(rec, finals, isr, resonances, parton=parton[0] if parton else None)
     _hadronise_heavy_flavour(rng, event)
     return event
 

@@ -7,7 +7,10 @@ import pathlib
 import awkward as ak
 import uproot
 
+from .processes import PROCESS_SPECS
+
 from . import events as _events
+from .eft import reweight_points_json
 from .events import Block, block_to_records, check_process, generate_block, generate_blocks
 
 # LZ4 keeps writing fast; the payload is dominated by float32 that zlib barely shrinks
@@ -16,9 +19,9 @@ CHUNK_SIZE = 100_000  # events per written chunk (about 0.8 GB peak memory)
 PFNANO_CHUNK_SIZE = 20_000  # with ~90 PF candidates per event (about 1 GB)
 
 
-def _tree_types(pfnano: bool = False, theory_weights: bool = True) -> dict:
+def _tree_types(pfnano: bool = False, theory_weights: bool = True, process: str = "dy") -> dict:
     """Branch types for ``mktree``: dtypes for scalars, jagged record types for collections."""
-    empty = block_to_records(generate_block("dy", 0, seed=0, block=0, mass=800.0, pfnano=pfnano,
+    empty = block_to_records(generate_block(process, 0, seed=0, block=0, mass=800.0, pfnano=pfnano,
                                             theory_weights=theory_weights))
     return {k: (v.type.content if isinstance(v, ak.Array) else v.dtype) for k, v in empty.items()}
 
@@ -60,7 +63,9 @@ def write_nanoaod(
     blocks_per_chunk = max(1, int(chunk_size) // _events.BLOCK_SIZE)
     n_blocks = -(-n_events // _events.BLOCK_SIZE)
     with uproot.recreate(path, compression=compression) as f:
-        tree = f.mktree("Events", _tree_types(pfnano, theory_weights), counter_name=lambda c: "n" + c)
+        tree = f.mktree("Events", _tree_types(pfnano, theory_weights, process), counter_name=lambda c: "n" + c)
+        if PROCESS_SPECS[process].incoming == "eft":  # the WC values of LHEReweightingWeight[k]
+            f["EFTReweightPoints"] = reweight_points_json()
         for start in range(0, n_blocks, blocks_per_chunk):
             chunk = Block.concatenate(
                 list(

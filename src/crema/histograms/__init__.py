@@ -1,1 +1,2 @@
-"""Histogram types and their safe storage (crema.histograms.io)."""
+"""Histogram types beyond plain ``hist`` (EFT histograms with per-bin quadratic coefficients) and their
+safe storage (crema.histograms.io: numpy archives + JSON, no pickle)."""

@@ -150,6 +150,16 @@ def jet_correction_branches(corrector: JetCorrector | None, sample: SampleInfo) 
     return needs
 
 
+def start_chunk(events: ak.Array, samples: dict[str, SampleInfo], out: dict) -> tuple[str, SampleInfo, int]:
+    """Book-keeping at the start of ``process``: the chunk's dataset, its sample and size, recorded
+    in ``out["nevents"]`` and ``out["processed"]``."""
+    dataset = events.metadata["dataset"]
+    n = len(events)
+    out["nevents"][dataset] = n
+    out["processed"][events.metadata["filename"]] = n
+    return dataset, samples[dataset], n
+
+
 def correct_events(corrector: JetCorrector | None, events: ak.Array, variations: list[str], met: str) -> dict[str, ak.Array]:
     """Events with corrected jets and ``met`` per jet variation (``nominal`` first); ``{"nominal": events}``
     without a corrector."""

@@ -19,7 +19,9 @@ from crema.workflows.config import Config, dump_config, load_config
 from crema.workflows.run import InputError, RunInterrupted, generate_inputs, run
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-DEMO_CONFIGS = {"hhbbww": CONFIG_DIR / "demo.yaml", "tth": CONFIG_DIR / "demo_tth.yaml"}
+DEMO_CONFIGS = {"hhbbww": CONFIG_DIR / "demo.yaml", "tth": CONFIG_DIR / "demo_tth.yaml",
+                "eft": CONFIG_DIR / "demo_eft.yaml"}
+EFT_DEMO_OBSERVABLES = ["m_ll", "pt_ll"]  # crema demo --analysis eft fits these
 console = Console(stderr=True)
 CHECKPOINT = "checkpoint"  # folder of a run's per-chunk outputs inside its output directory
 
@@ -83,6 +85,10 @@ def run_and_write(config: Config, outdir: Path, plots: bool = True, resume: bool
             drawn = pool.submit(plot_all, output, config.samples, outdir / "plots",
                                 config.plots.regions, config.plots.observables)
         paths = write_outputs(output, config.samples, outdir, report.to_dict(), order=list(config.samples))
+        if "eft_histograms" in output:
+            from crema.workflows.eft_outputs import write_eft_outputs
+
+            paths.update(write_eft_outputs(output, config.samples, outdir))
         if drawn is not None:
             drawn.result()
     shutil.rmtree(outdir / CHECKPOINT, ignore_errors=True)
@@ -105,6 +111,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
     config = load_config(DEMO_CONFIGS[args.analysis]).with_executor(**_executor_overrides(args))
     config = generate_inputs(config, outdir / "samples", args.scale, console.print, reuse=args.resume)
     run_and_write(config, outdir, plots=not args.no_plots, resume=args.resume)
+    if args.analysis == "eft":
+        from crema.stats.eft import fit
+
+        _print_intervals(fit(outdir, EFT_DEMO_OBSERVABLES, outdir / "eft_fit", plots=not args.no_plots))
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -255,6 +265,7 @@ def parser() -> argparse.ArgumentParser:
     f.set_defaults(func=cmd_fit)
     _spanet_commands(sub)
     _calibration_commands(sub)
+    _eft_commands(sub)
     return p
 
 
@@ -360,6 +371,36 @@ def cmd_calib_report(args: argparse.Namespace) -> None:
                           plots=not args.no_plots, log=console.print)
     print("\n".join(report_table(report)))
     console.print(f"wrote {Path(args.output) / 'calib_report.json'} in {time.perf_counter() - start:.0f} s")
+
+
+def cmd_eft_fit(args: argparse.Namespace) -> None:
+    from crema.stats.eft import fit
+
+    try:
+        result = fit(args.run_dir, args.observable, args.output, systematics=args.systematics)
+    except (FileNotFoundError, KeyError) as err:
+        raise ConfigError(str(err).strip("'\"")) from None
+    _print_intervals(result)
+
+
+def _print_intervals(result: dict) -> None:
+    console.print(f"EFT intervals from {', '.join(result['observables'])}:")
+    for wc, modes in result["intervals"].items():
+        for mode, levels in modes.items():
+            console.print(f"  {wc:8s} {mode:8s} " + "  ".join(f"{lvl}%: [{lo:+.3f}, {hi:+.3f}]"
+                                                            for lvl, (lo, hi) in levels.items()))
+
+
+def _eft_commands(sub) -> None:
+    e = sub.add_parser("eft-fit", help="binned EFT intervals (Asimov SM data) from a ttbar_eft run's templates")
+    e.add_argument("run_dir", help="run folder with eft_templates.root")
+    e.add_argument("--observable", action="append", required=True, help="observable(s) to fit (repeat to combine)")
+    e.add_argument("-o", "--output", required=True, help="folder for eft_fit.json and the plots")
+    mode = e.add_mutually_exclusive_group()
+    mode.add_argument("--stat-only", dest="systematics", action="store_false", help="no nuisance parameters (default)")
+    mode.add_argument("--systematics", dest="systematics", action="store_true",
+                      help="the run's weight variations as nuisance parameters")
+    e.set_defaults(func=cmd_eft_fit, systematics=False)
 
 
 def _calibration_commands(sub) -> None:

@@ -37,10 +37,15 @@ class Dataset:
     treename: str = "Events"
     generate: GenerateSpec | None = None
     mass: float | None = None  # signal mass hypothesis in GeV (crema fit --scan)
+    eft_points: str | None = None  # EFTReweightPoints JSON for files without it (the gridpack's reweight card)
 
     def validate(self) -> None:
         if self.mass is not None and (self.kind != "signal" or self.mass <= 0):
             raise ConfigError("mass: a positive mass hypothesis, for signal datasets only")
+        if self.eft_points is not None:
+            from crema.histograms.eft import EFTPoints
+
+            EFTPoints.from_json(self.eft_points, "eft_points")
         if self.kind != "data" and self.xsec_pb is None:
             raise ConfigError("xsec_pb: simulated datasets need a cross section in pb")
         if not self.files and self.generate is None:
@@ -91,7 +96,7 @@ class ExecutorConfig:
 class ProcessorConfig:
     """Which processor runs and its options (validated by the processor's own schema)."""
 
-    name: Literal["hhbbww", "tth", "spanet_dataset"] = "hhbbww"
+    name: Literal["hhbbww", "tth", "spanet_dataset", "ttbar_eft"] = "hhbbww"
     options: dict[str, Any] = field(default_factory=dict)
 
 

@@ -29,6 +29,7 @@ from crema.corrections.era import load_era
 from crema.processors.hhbbww import HHbbWWOptions, HHbbWWProcessor
 from crema.processors.spanet_dataset import SpanetDataset, SpanetDatasetOptions
 from crema.processors.tth import TTHOptions, TTHProcessor
+from crema.processors.ttbar_eft import TTbarEFTOptions, TTbarEFTProcessor
 from crema.histograms import io as store
 from crema.schema import ConfigError, from_dict
 from crema.workflows.config import Config, ExecutorConfig, JobQueue, expand_files
@@ -37,6 +38,8 @@ from crema.workflows.config import Config, ExecutorConfig, JobQueue, expand_file
 PROCESSORS: dict[str, tuple[type, Any]] = {
     "hhbbww": (HHbbWWOptions, lambda o, c: HHbbWWProcessor(o, c.samples, load_era(c.era), c.luminosity_fb)),
     "tth": (TTHOptions, lambda o, c: TTHProcessor(o, c.samples, load_era(c.era), c.luminosity_fb)),
+    "ttbar_eft": (TTbarEFTOptions, lambda o, c: TTbarEFTProcessor(o, c.samples, load_era(c.era), c.luminosity_fb,
+                                                                 {d.name: d.eft_points for d in c.datasets})),
     "spanet_dataset": (SpanetDatasetOptions,
                        lambda o, c: SpanetDataset.from_options(o, {d.name: d.kind for d in c.datasets})),
 }
