@@ -196,6 +196,9 @@ def parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=cmd_plot)
     _spanet_commands(sub)
     _calibration_commands(sub)
+    from crema.workflows.classifier import add_commands as _classifier_commands
+
+    _classifier_commands(sub)
     return p
 
 

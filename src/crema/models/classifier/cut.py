@@ -18,8 +18,9 @@ class CutAndCount(Method):
     Each round tries, for every feature, ``n_candidates`` lower and upper thresholds at quantiles
     of the signal still selected by the other cuts, and keeps the single change that raises the
     Asimov significance of the selected yields (s, b) the most while at least
-    ``min_background`` weighted background events stay selected (a significance from a
-    background estimate of a few simulated events is a fluctuation). It stops when no change
+    ``min_background`` weighted background events and ``min_background_events`` simulated
+    background events stay selected (a significance from a background estimate of a few
+    simulated events is a fluctuation). It stops when no change
     helps or after ``max_rounds``. Weights are yields (signed; the metric sees them as they are).
     An event whose feature is NaN fails a cut on that feature.
 
@@ -30,9 +31,10 @@ class CutAndCount(Method):
     name = "cut"
 
     def __init__(self, features: list[str], seed: int = 0, threads: int = 1, min_background: float = 1.0,
-                 n_candidates: int = 32, max_rounds: int = 12, relative_uncertainty: float = 0.0) -> None:
+                 min_background_events: int = 10, n_candidates: int = 32, max_rounds: int = 12, relative_uncertainty: float = 0.0) -> None:
         super().__init__(features, seed, threads)
-        self.params = {"min_background": min_background, "n_candidates": n_candidates, "max_rounds": max_rounds,
+        self.params = {"min_background": min_background, "min_background_events": min_background_events,
+                       "n_candidates": n_candidates, "max_rounds": max_rounds,
                        "relative_uncertainty": relative_uncertainty}
         self.lo = np.full(len(features), -np.inf)
         self.hi = np.full(len(features), np.inf)
@@ -47,9 +49,10 @@ class CutAndCount(Method):
     def threshold(self) -> float:  # all cuts passed
         return 1.0 - 0.5 / max(len(self.active), 1)
 
-    def _z(self, s, b):
+    def _z(self, s, b, n_b):
         z = metrics.asimov_significance(s, b, self.params["relative_uncertainty"])
-        return np.where(np.asarray(b) >= self.params["min_background"], z, np.nan)
+        ok = (np.asarray(b) >= self.params["min_background"]) & (np.asarray(n_b) >= self.params["min_background_events"])
+        return np.where(ok, z, np.nan)
 
     def fit(self, X, y, sample_weight) -> "CutAndCount":
         X = np.asarray(X, dtype=np.float64)
@@ -58,7 +61,7 @@ class CutAndCount(Method):
         ws, wb = np.where(y, w, 0.0), np.where(y, 0.0, w)
         levels = np.linspace(0, 1, self.params["n_candidates"] + 2)[1:-1]
         inside = (X > self.lo) & (X < self.hi)  # per feature: passes its window (NaN fails, but only cut features count)
-        best = float(np.nan_to_num(self._z(ws.sum(), wb.sum()), nan=0.0))
+        best = float(np.nan_to_num(self._z(ws.sum(), wb.sum(), (~y).sum()), nan=0.0))
         for _ in range(self.params["max_rounds"]):
             cut = np.isfinite(self.lo) | np.isfinite(self.hi)
             passing = np.where(cut, inside, True)
@@ -74,7 +77,7 @@ class CutAndCount(Method):
                         lo = t if bound == "lo" else self.lo[j]
                         hi = t if bound == "hi" else self.hi[j]
                         sel = others & (x > lo) & (x < hi)
-                        z = float(self._z(ws[sel].sum(), wb[sel].sum()))
+                        z = float(self._z(ws[sel].sum(), wb[sel].sum(), (sel & ~y).sum()))
                         if z > best * (1 + 1e-9):
                             best, change = z, (j, lo, hi)
             if change is None:

@@ -46,19 +46,25 @@ def accuracy(y, score, weight=None, threshold: float = 0.5) -> float:
     return float(np.sum(weight[correct]) / np.sum(weight))
 
 
-def roc_curve(y, score, weight=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(fpr, tpr, thresholds, s, b) for 'score >= threshold', thresholds from high to low.
-
-    ``s``/``b`` are the weighted signal and background yields passing each threshold; the first
-    point is (0, 0) at threshold +inf (nothing selected), as in scikit-learn.
-    """
+def _cumulative(y, score, weight):
+    """(thresholds, s, b, background simulated events) passing 'score >= threshold', high to low."""
     y, score, weight = _arrays(y, score, weight)
     order = np.argsort(-score, kind="mergesort")
     score, y, weight = score[order], y[order], weight[order]
     last = np.r_[np.flatnonzero(np.diff(score)), len(score) - 1]  # the last index of each distinct score
     s = np.r_[0.0, np.cumsum(weight * y)[last]]
     b = np.r_[0.0, np.cumsum(weight * ~y)[last]]
-    thresholds = np.r_[np.inf, score[last]]
+    n_b = np.r_[0, np.cumsum(~y)[last]]
+    return np.r_[np.inf, score[last]], s, b, n_b
+
+
+def roc_curve(y, score, weight=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds, s, b) for 'score >= threshold', thresholds from high to low.
+
+    ``s``/``b`` are the weighted signal and background yields passing each threshold; the first
+    point is (0, 0) at threshold +inf (nothing selected), as in scikit-learn.
+    """
+    thresholds, s, b, _ = _cumulative(y, score, weight)
     return b / b[-1], s / s[-1], thresholds, s, b
 
 
@@ -98,17 +104,19 @@ def s_over_sqrt_s_plus_b(s, b):
     return float(z) if z.ndim == 0 else z
 
 
-def max_significance(y, score, weight=None, min_background: float = 1.0,
+def max_significance(y, score, weight=None, min_background: float = 1.0, min_background_events: int = 10,
                      relative_uncertainty: float = 0.0) -> dict[str, float]:
     """The highest Asimov significance over the ROC thresholds ('score >= threshold').
 
-    Thresholds leaving less than ``min_background`` weighted background events are skipped: with
-    few simulated background events in the tail, the best threshold would otherwise sit where
-    the background estimate is a statistical fluctuation. Returns significance, threshold, s, b.
+    The minimum-background guard: thresholds leaving less than ``min_background`` weighted
+    background events, or fewer than ``min_background_events`` simulated background events,
+    are skipped. Without it the best threshold sits where the background estimate is a
+    fluctuation of a few simulated events (each may weigh tens of events at the luminosity).
+    Returns significance, threshold, s, b.
     """
-    _, _, thresholds, s, b = roc_curve(y, score, weight)
+    thresholds, s, b, n_b = _cumulative(y, score, weight)
     z = asimov_significance(s, b, relative_uncertainty)
-    z = np.where(b >= min_background, z, np.nan)
+    z = np.where((b >= min_background) & (n_b >= min_background_events), z, np.nan)
     if np.all(np.isnan(z)):
         return {"significance": float("nan"), "threshold": float("nan"), "s": float("nan"), "b": float("nan")}
     i = int(np.nanargmax(z))
@@ -131,18 +139,19 @@ def rejection_at_efficiency(y, score, weight=None, efficiency: float = 0.5) -> f
     return float(1.0 / rate)
 
 
-def summary(y, score, weight=None, min_background: float = 1.0, threshold: float = 0.5) -> dict[str, float]:
+def summary(y, score, weight=None, min_background: float = 1.0, threshold: float = 0.5,
+            min_background_events: int = 10) -> dict[str, float]:
     """The metrics crema reports for a discriminant.
 
     ``asimov_significance``: Z_A of the events with score > ``threshold`` (the classifier's own
-    working point, 0.5 for a probability); ``max_significance``: the best Z_A over thresholds with
-    at least ``min_background`` background events; ``r50``/``r99``: rejection at 50%/99% signal
+    working point, 0.5 for a probability); ``max_significance``: the best Z_A over thresholds
+    passing the minimum-background guard (:func:`max_significance`); ``r50``/``r99``: rejection at 50%/99% signal
     efficiency.
     """
     y, score, weight = _arrays(y, score, weight)
     passed = score > threshold
     s, b = float(np.sum(weight[passed & y])), float(np.sum(weight[passed & ~y]))
-    best = max_significance(y, score, weight, min_background)
+    best = max_significance(y, score, weight, min_background, min_background_events)
     return {
         "accuracy": accuracy(y, score, weight, threshold),
         "auc": auc(y, score, weight),
