@@ -12,7 +12,8 @@ One parser serves histogram configs, classifier features and any other per-event
 index (``Jet1``: the leading jet of the collection, in the order the processor hands it) or a
 singleton (``MET``: transverse only, so ``Pt``, ``Phi``, ``DeltaPhi`` and transverse sums
 accept it; ``Eta``, ``M``, ``E``, ``DeltaR``, ``DeltaEta`` refuse it at parse time).
-``Model.output`` names a per-event output of a model the processor ran.
+``Model.output`` names a per-event output of a model the processor ran (NaN for events of a
+channel where it did not run).
 
 Expressions are parsed once (:func:`parse`), validated against the collections and model
 outputs a processor provides (an unknown name is a :class:`~crema.schema.ConfigError` naming
@@ -265,8 +266,10 @@ class Observables:
         cached = self._values.get(expr.text)
         if cached is not None:
             return cached
-        if expr.model is not None:
-            value = np.asarray(ak.to_numpy(self.outputs[expr.model][expr.output]), dtype=np.float64)
+        if expr.model is not None:  # NaN where the model did not run (a channel without it)
+            found = self.outputs.get(expr.model)
+            value = (np.full(self.n, np.nan) if found is None
+                     else np.asarray(ak.to_numpy(found[expr.output]), dtype=np.float64))
         elif expr.func == "N":
             value = np.asarray(ak.to_numpy(ak.num(self.collection(expr.args[0][0].collection), axis=1)), dtype=np.float64)
         elif FUNCTIONS[expr.func] == 1:

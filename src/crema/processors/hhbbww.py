@@ -351,7 +351,7 @@ class HHbbWWProcessor(processor.ProcessorABC):
             inferred["spanet"] = self.spanet(objects.jets, objects.met)
         if self.classifier is not None:  # last: its features may read the other models' outputs
             features = observables(objects, inferred, self.selection.btag.score)
-            inferred["classifier"] = {"score": self.classifier.score(features, np.asarray(events.event))}
+            inferred["classifier"] = {"score": self.classifier.score(features, np.asarray(events.event), channel)}
         return inferred
 
     def weights(self, events: ak.Array, sample: SampleInfo, objects: sel.Objects) -> Weights:

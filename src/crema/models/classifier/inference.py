@@ -15,6 +15,12 @@ from crema.observables import Expression, Observables, parse
 from crema.schema import ConfigError, load_yaml
 
 
+def read_channels(path: str | Path) -> list[str] | None:
+    """The channels a ``features.yaml`` was made from (None: not recorded)."""
+    data = load_yaml(path)
+    return list(data["channels"]) if isinstance(data, dict) and data.get("channels") else None
+
+
 def read_features(path: str | Path) -> dict[str, str]:
     """``name -> expression`` of a ``features.yaml`` (written by ``crema classifier-dataset``)."""
     data = load_yaml(path)
@@ -58,24 +64,29 @@ class ClassifierOptions:
         k = int(training["folds"])
         paths = {f"fold{f}": directory / self.method / f"fold{f}" / "model.onnx" for f in range(k)}
         try:
-            return ClassifierModel(paths, expressions, k, threads=self.threads)
+            return ClassifierModel(paths, expressions, k, threads=self.threads,
+                                   channels=read_channels(directory / "features.yaml"))
         except FileNotFoundError as err:
             raise ConfigError(f"{where}.model: {err}") from None
 
 
 class ClassifierModel(OnnxModel):
     """k ONNX models; an event with ``event % k == f`` is scored by fold model ``f``, which was
-    trained on the other folds only (the split ``crema classifier-train`` used)."""
+    trained on the other folds only (the split ``crema classifier-train`` used). Events of a
+    channel the model was not trained on (``channels``) get NaN (not filled)."""
 
     def __init__(self, model_paths: Mapping[str, str | Path], expressions: list[Expression], folds: int,
-                 threads: int = 1) -> None:
+                 threads: int = 1, channels: list[str] | None = None) -> None:
         # trees and cuts need no padding to a row block; an MLP keeps it for chunk-independent results
         super().__init__(dict(model_paths), threads=threads, batch_size=1 << 16)
         self.expressions = list(expressions)
         self.folds = int(folds)
+        self.channels = channels
 
-    def score(self, observables: Observables, event: np.ndarray) -> np.ndarray:
-        """float64 score per event of the features read from ``observables``."""
+    def score(self, observables: Observables, event: np.ndarray, channel: str | None = None) -> np.ndarray:
+        """float64 score per event of the features read from ``observables`` (NaN outside the trained channels)."""
+        if channel is not None and self.channels is not None and channel not in self.channels:
+            return np.full(len(event), np.nan)
         return self.numpy_call(observables.matrix(self.expressions), np.asarray(event))
 
     def numpy_call(self, features: np.ndarray, event: np.ndarray) -> np.ndarray:
