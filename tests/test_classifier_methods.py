@@ -70,13 +70,14 @@ def test_every_method_separates_and_evaluates(trained, data, name):
     model, _ = trained[name]
     m = model.evaluate(*data)
     assert {"accuracy", "auc", "asimov_significance", "max_significance", "r50", "r99"} <= set(m)
-    assert m["auc"] > 0.7
+    assert m["auc"] > (0.6 if name == "cut" else 0.8)  # a cut-and-count score is a step function
 
 
 def test_cut_and_count_maximises_significance_with_its_guard(data):
     X, y, w = data
     w = w * 50  # yields where the guard bites
-    cut = method_class("cut")(FEATURES, min_background=20.0, min_background_events=30).fit(X, y, w)
+    cut = method_class("cut")(FEATURES, min_background=20.0, min_background_events=30,
+                              validation_fraction=0.0).fit(X, y, w)
     selected = cut.predict(X) > cut.threshold
     s, b = w[selected & (y == 1)].sum(), w[selected & (y == 0)].sum()
     assert b >= 20.0 and (selected & (y == 0)).sum() >= 30
@@ -88,6 +89,17 @@ def test_cut_and_count_maximises_significance_with_its_guard(data):
               if w[(x > t) & (y == 0)].sum() >= 20.0 and ((x > t) & (y == 0)).sum() >= 30]
     assert cut.significance >= max(single) - 1e-9
     assert all(set(v) == {"min", "max"} for v in cut.cuts().values())
+
+
+def test_cut_and_count_keeps_the_cuts_best_on_validation(data):
+    X, y, w = data
+    cut = method_class("cut")(FEATURES, seed=4, validation_fraction=0.3).fit(X, y, w * 50)
+    assert cut.validation_significance > 0 and len(cut.active) >= 1
+    search, val = shuffled_split(len(y), 0.3, 4)
+    sel = cut.predict(X[val]) > cut.threshold
+    wv = w[val] * 50 / 0.3
+    assert metrics.asimov_significance(wv[sel & (y[val] == 1)].sum(), wv[sel & (y[val] == 0)].sum()) == \
+        pytest.approx(cut.validation_significance, rel=1e-6)
 
 
 def test_bdt_honours_weights(data):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from crema.models.classifier import metrics
-from crema.models.classifier.base import Method, read_meta
+from crema.models.classifier.base import Method, read_meta, shuffled_split
 from crema.models.classifier.bdt import write_onnx
 
 
@@ -31,14 +31,16 @@ class CutAndCount(Method):
     name = "cut"
 
     def __init__(self, features: list[str], seed: int = 0, threads: int = 1, min_background: float = 1.0,
-                 min_background_events: int = 10, n_candidates: int = 32, max_rounds: int = 12, relative_uncertainty: float = 0.0) -> None:
+                 min_background_events: int = 10, n_candidates: int = 32, max_rounds: int = 12,
+                 relative_uncertainty: float = 0.0, validation_fraction: float = 0.3) -> None:
         super().__init__(features, seed, threads)
         self.params = {"min_background": min_background, "min_background_events": min_background_events,
                        "n_candidates": n_candidates, "max_rounds": max_rounds,
-                       "relative_uncertainty": relative_uncertainty}
+                       "relative_uncertainty": relative_uncertainty, "validation_fraction": validation_fraction}
         self.lo = np.full(len(features), -np.inf)
         self.hi = np.full(len(features), np.inf)
         self.significance = float("nan")
+        self.validation_significance = float("nan")
 
     @property
     def active(self) -> np.ndarray:
@@ -49,19 +51,36 @@ class CutAndCount(Method):
     def threshold(self) -> float:  # all cuts passed
         return 1.0 - 0.5 / max(len(self.active), 1)
 
-    def _z(self, s, b, n_b):
+    def _z(self, s, b, n_b, events_fraction: float = 1.0):
         z = metrics.asimov_significance(s, b, self.params["relative_uncertainty"])
-        ok = (np.asarray(b) >= self.params["min_background"]) & (np.asarray(n_b) >= self.params["min_background_events"])
+        ok = ((np.asarray(b) >= self.params["min_background"])
+              & (np.asarray(n_b) >= self.params["min_background_events"] * events_fraction))
         return np.where(ok, z, np.nan)
 
     def fit(self, X, y, sample_weight) -> "CutAndCount":
         X = np.asarray(X, dtype=np.float64)
         y = np.asarray(y).astype(bool)
         w = np.asarray(sample_weight, dtype=np.float64)
+        f = self.params["validation_fraction"]
+        if f <= 0:
+            return self._search(X, y, w, None)
+        search, val = shuffled_split(len(y), f, self.seed)
+        # each part's weights scaled to the yields of the whole sample
+        return self._search(X[search], y[search], w[search] / (1 - f), (X[val], y[val], w[val] / f, f / (1 - f)))
+
+    def _validation_z(self, val) -> float:
+        X, y, w, fraction = val
+        sel = np.all((X[:, self.active] > self.lo[self.active]) & (X[:, self.active] < self.hi[self.active]), axis=1)
+        return float(np.nan_to_num(self._z(w[sel & y].sum(), w[sel & ~y].sum(), (sel & ~y).sum(), fraction), nan=0.0))
+
+    def _search(self, X, y, w, val) -> "CutAndCount":
+        history = []  # (validation Z, training Z, lo, hi) after each round
         ws, wb = np.where(y, w, 0.0), np.where(y, 0.0, w)
         levels = np.linspace(0, 1, self.params["n_candidates"] + 2)[1:-1]
         inside = (X > self.lo) & (X < self.hi)  # per feature: passes its window (NaN fails, but only cut features count)
         best = float(np.nan_to_num(self._z(ws.sum(), wb.sum(), (~y).sum()), nan=0.0))
+        if val is not None:
+            history.append((self._validation_z(val), best, self.lo.copy(), self.hi.copy()))
         for _ in range(self.params["max_rounds"]):
             cut = np.isfinite(self.lo) | np.isfinite(self.hi)
             passing = np.where(cut, inside, True)
@@ -84,7 +103,12 @@ class CutAndCount(Method):
                 break
             j, self.lo[j], self.hi[j] = change
             inside[:, j] = (X[:, j] > self.lo[j]) & (X[:, j] < self.hi[j])
+            if val is not None:
+                history.append((self._validation_z(val), best, self.lo.copy(), self.hi.copy()))
         self.significance = best
+        if history:  # the earliest round with the best validation significance
+            i = max(range(len(history)), key=lambda k: (history[k][0], -k))
+            self.validation_significance, self.significance, self.lo, self.hi = history[i]
         return self
 
     def predict(self, X) -> np.ndarray:
@@ -103,7 +127,8 @@ class CutAndCount(Method):
 
     def save(self, directory) -> None:
         directory = Path(directory)
-        self._write_meta(directory, {"params": self.params, "significance": self.significance})
+        self._write_meta(directory, {"params": self.params, "significance": self.significance,
+                                     "validation_significance": self.validation_significance})
         (directory / "cuts.json").write_text(json.dumps(self.cuts(), indent=1))
 
     @classmethod
@@ -111,6 +136,7 @@ class CutAndCount(Method):
         meta = read_meta(directory)
         cut = cls(meta["features"], meta["seed"], **meta["params"])
         cut.significance = meta["significance"]
+        cut.validation_significance = meta.get("validation_significance", float("nan"))
         for name, b in json.loads((Path(directory) / "cuts.json").read_text()).items():
             j = cut.features.index(name)
             cut.lo[j] = -np.inf if b["min"] is None else b["min"]

@@ -9,9 +9,10 @@ import numpy as np
 from crema.models.classifier.base import Method, read_meta, shuffled_split, training_weights
 
 
-def _network(n_features: int, hidden: list[int], mean: np.ndarray, std: np.ndarray):
-    """Standardise (NaN -> 0, i.e. the mean) -> hidden ReLU layers -> sigmoid; the whole model in one
-    module so the ONNX export needs no preprocessing outside it."""
+def _network(n_features: int, hidden: list[int], mean: np.ndarray, std: np.ndarray, log: np.ndarray):
+    """log(1 + x) of the non-negative features (momenta, masses: heavy tails) -> standardise
+    (NaN -> 0, i.e. the mean) -> hidden ReLU layers -> sigmoid; the whole model in one module so
+    the ONNX export needs no preprocessing outside it."""
     import torch
     from torch import nn
 
@@ -20,6 +21,7 @@ def _network(n_features: int, hidden: list[int], mean: np.ndarray, std: np.ndarr
             super().__init__()
             self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
             self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+            self.register_buffer("log", torch.as_tensor(log, dtype=torch.bool))
             layers, width = [], n_features
             for h in hidden:
                 layers += [nn.Linear(width, h), nn.ReLU()]
@@ -28,6 +30,7 @@ def _network(n_features: int, hidden: list[int], mean: np.ndarray, std: np.ndarr
             self.body = nn.Sequential(*layers)
 
         def logits(self, x):
+            x = torch.where(self.log, torch.log1p(torch.clamp(x, min=0.0)), x)
             z = (x - self.mean) / self.std
             z = torch.where(torch.isnan(z), torch.zeros_like(z), z)
             return self.body(z).squeeze(-1)
@@ -39,7 +42,8 @@ def _network(n_features: int, hidden: list[int], mean: np.ndarray, std: np.ndarr
 
 
 class MLP(Method):
-    """Fully connected network; inputs standardised with the training means/widths (missing -> mean).
+    """Fully connected network; inputs standardised with the training means/widths (missing -> mean),
+    non-negative features (momenta, masses, counts) first as log(1 + x) (``log_inputs``).
 
     Trained with Adam on the weighted binary cross-entropy (:func:`training_weights`: negative
     weights 0, classes balanced by weight), early stopping on the weighted validation loss of a
@@ -51,16 +55,16 @@ class MLP(Method):
 
     def __init__(self, features: list[str], seed: int = 0, threads: int = 1, hidden: list[int] | None = None,
                  epochs: int = 60, batch_size: int = 256, learning_rate: float = 2e-3, weight_decay: float = 1e-5,
-                 patience: int = 8, validation_fraction: float = 0.2) -> None:
+                 patience: int = 8, validation_fraction: float = 0.2, log_inputs: bool = True) -> None:
         super().__init__(features, seed, threads)
         self.params = {"hidden": list(hidden or [64, 64]), "epochs": epochs, "batch_size": batch_size,
                        "learning_rate": learning_rate, "weight_decay": weight_decay, "patience": patience,
-                       "validation_fraction": validation_fraction}
+                       "validation_fraction": validation_fraction, "log_inputs": log_inputs}
         self.net = None
         self.best_epoch: int | None = None
 
-    def _build(self, mean, std):
-        self.net = _network(len(self.features), self.params["hidden"], mean, std)
+    def _build(self, mean, std, log):
+        self.net = _network(len(self.features), self.params["hidden"], mean, std, log)
         return self.net
 
     def fit(self, X, y, sample_weight) -> "MLP":
@@ -71,10 +75,13 @@ class MLP(Method):
         X = np.asarray(X, dtype=np.float32)
         w = training_weights(y, sample_weight).astype(np.float32)
         train, val = shuffled_split(len(X), self.params["validation_fraction"], self.seed)
-        mean = np.nan_to_num(np.nanmean(X[train], axis=0))
-        std = np.nan_to_num(np.nanstd(X[train], axis=0), nan=1.0)
+        log = np.nan_to_num(np.nanmin(X[train], axis=0), nan=-1.0) >= 0 if self.params["log_inputs"] \
+            else np.zeros(X.shape[1], bool)
+        Z = np.where(log, np.log1p(np.clip(X[train], 0, None)), X[train])
+        mean = np.nan_to_num(np.nanmean(Z, axis=0))
+        std = np.nan_to_num(np.nanstd(Z, axis=0), nan=1.0)
         std[std == 0] = 1.0
-        net = self._build(mean, std)
+        net = self._build(mean, std, log)
         xt, yt, wt = (torch.as_tensor(a) for a in (X[train], np.asarray(y, np.float32)[train], w[train]))
         xv, yv, wv = (torch.as_tensor(a) for a in (X[val], np.asarray(y, np.float32)[val], w[val]))
         opt = torch.optim.Adam(net.parameters(), lr=self.params["learning_rate"], weight_decay=self.params["weight_decay"])
@@ -128,7 +135,7 @@ class MLP(Method):
         mlp.best_epoch = meta["best_epoch"]
         state = torch.load(Path(directory) / "state_dict.pt", weights_only=True)  # tensors only, never a pickle
         n = len(mlp.features)
-        mlp._build(np.zeros(n, np.float32), np.ones(n, np.float32)).load_state_dict(state)
+        mlp._build(np.zeros(n, np.float32), np.ones(n, np.float32), np.zeros(n, bool)).load_state_dict(state)
         mlp.net.eval()
         return mlp
 
