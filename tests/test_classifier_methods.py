@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
@@ -12,7 +11,7 @@ import pandas as pd
 import pytest
 
 from crema.models.classifier import load_method, method_class, metrics
-from crema.models.classifier.base import shuffled_split
+from crema.models.classifier.base import balance_processes, shuffled_split
 from crema.models.classifier.folds import train_folds
 
 FEATURES = ["a", "b", "c", "d"]
@@ -110,6 +109,16 @@ def test_bdt_honours_weights(data):
     skewed = method_class("bdt")(FEATURES, seed=2, **FAST["bdt"]).fit(X, y, tilted)
     gain = skewed.predict(X[region]).mean() - plain.predict(X[region]).mean()
     assert gain > 0.1
+
+
+def test_process_balance_gives_every_background_the_same_total():
+    y = np.array([1, 1, 0, 0, 0, 0])
+    w = np.array([0.5, 0.5, 60.0, 30.0, 9.0, 1.0])
+    process = np.array(["X", "X", "W", "W", "tt", "tt"])
+    b = balance_processes(y, w, process)
+    np.testing.assert_allclose(b[:2], w[:2])
+    assert b[2:4].sum() == pytest.approx(50.0) and b[4:].sum() == pytest.approx(50.0)
+    np.testing.assert_allclose(b[2] / b[3], 2.0)  # shapes within a process unchanged
 
 
 def test_validation_split_is_shuffled_and_seeded():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +71,7 @@ def make_dataset(config_path: str | Path, outdir: str | Path, executor: dict | N
 
 # ---------------------------------------------------------------------- training
 def train(data_dir: str | Path, outdir: str | Path, methods: list[str], folds: int = 2, seed: int = 0,
-          threads: int = 1) -> pd.DataFrame:
+          threads: int = 1, balance: str = "process") -> pd.DataFrame:
     """k-fold training of ``methods`` on ``data_dir/features.parquet`` (see :func:`crema.models.classifier.folds.train_folds`)."""
     from crema.models.classifier.folds import train_folds
     from crema.models.classifier.inference import read_features
@@ -91,7 +90,7 @@ def train(data_dir: str | Path, outdir: str | Path, methods: list[str], folds: i
         if not (table["label"] == label).any():
             raise ConfigError(f"{parquet}: no {what} events")
     return train_folds(table, features, methods, outdir, k=folds, seed=seed, threads=threads,
-                       features_file=definitions, log=console.print)
+                       features_file=definitions, balance=balance, log=console.print)
 
 
 # ---------------------------------------------------------------------- report
@@ -212,9 +211,7 @@ def _cmd_dataset(args: argparse.Namespace) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> None:
     methods = ["cut", "bdt", "mlp"] if args.method == "all" else [args.method]
-    if args.threads:
-        os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    train(args.data, args.output, methods, folds=args.folds, seed=args.seed, threads=args.threads)
+    train(args.data, args.output, methods, folds=args.folds, seed=args.seed, threads=args.threads, balance=args.balance)
     console.print(f"models and out-of-fold scores in {args.output}")
 
 
@@ -240,6 +237,8 @@ def add_commands(sub) -> None:
     t.add_argument("--folds", type=int, default=2, help="folds by event number (2: even/odd)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=1, help="threads for xgboost/torch")
+    t.add_argument("--balance", choices=["process", "class"], default="process",
+                   help="BDT/MLP training weights: every background process with the same total (process) or yields (class)")
     t.set_defaults(func=_cmd_train)
 
     r = sub.add_parser("classifier-report", help="weighted metrics, ROC curves and score plots of trained methods")

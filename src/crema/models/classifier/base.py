@@ -86,6 +86,27 @@ def training_weights(y: np.ndarray, sample_weight: np.ndarray) -> np.ndarray:
     return out
 
 
+def balance_processes(y: np.ndarray, sample_weight: np.ndarray, process: np.ndarray) -> np.ndarray:
+    """Weights with every background process scaled to the same total (their sum unchanged).
+
+    A classification loss on yield weights sees almost only the background with the largest
+    yield (W+jets after the SL selection: 96% of it), and the next one (ttbar, which dominates
+    where the signal is) hardly at all; balancing processes lets the loss learn every background.
+    Signal weights are unchanged. Negative weights keep their sign (they are zeroed later by
+    :func:`training_weights`).
+    """
+    y = np.asarray(y).astype(bool)
+    w = np.asarray(sample_weight, dtype=np.float64).copy()
+    process = np.asarray(process)
+    names = np.unique(process[~y])
+    total = w[~y].sum()
+    for name in names:
+        sel = ~y & (process == name)
+        if w[sel].sum() > 0:
+            w[sel] *= total / len(names) / w[sel].sum()
+    return w
+
+
 def shuffled_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, validation) index arrays: a random ``fraction`` of ``n`` rows for validation (seeded)."""
     order = np.random.default_rng(seed).permutation(n)

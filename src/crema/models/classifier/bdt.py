@@ -22,7 +22,7 @@ class BDT(Method):
     name = "bdt"
 
     def __init__(self, features: list[str], seed: int = 0, threads: int = 1, n_estimators: int = 500,
-                 max_depth: int = 4, learning_rate: float = 0.1, early_stopping_rounds: int = 20,
+                 max_depth: int = 4, learning_rate: float = 0.3, early_stopping_rounds: int = 20,
                  validation_fraction: float = 0.2, subsample: float = 0.8) -> None:
         super().__init__(features, seed, threads)
         self.params = {"n_estimators": n_estimators, "max_depth": max_depth, "learning_rate": learning_rate,
