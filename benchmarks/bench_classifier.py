@@ -99,7 +99,15 @@ def main() -> None:
     report = json.loads((args.work / "report" / "classifier_report.json").read_text())
     data = yaml_load(args.work / "data" / "features.yaml")
 
-    lines = [f"HH->bbWW SL selection, X(800) vs ttbar + W+jets + DY + ttH generated with crema's generator "
+    work = args.work
+    lines = ["Made with:", "", "```bash",
+             f"crema classifier-dataset configs/classifier_hhbbww_sl.yaml -o {work}/data",
+             f"crema classifier-train {work}/data -o {work}/model --method all --threads 1",
+             f"crema classifier-report {work}/model -o {work}/report",
+             f"python benchmarks/bench_classifier.py --work {work} --rows {args.rows}", "```", "",
+             "Rates are CPU seconds of one single-threaded process (`time.process_time`): per core, on a 2-core "
+             "machine shared with other jobs.", "",
+             f"HH->bbWW SL selection, X(800) vs ttbar + W+jets + DY + ttH generated with crema's generator "
              f"(`configs/classifier_hhbbww_sl.yaml`, {data['luminosity_fb']} fb^-1, DeepHME on): "
              f"{report['events']:,} selected events, signal yield {report['signal_yield']:.0f}, background yield "
              f"{report['background_yield']:.3g}. Two folds by event parity; every number is out of fold. "
