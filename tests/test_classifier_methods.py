@@ -90,6 +90,14 @@ def test_cut_and_count_maximises_significance_with_its_guard(data):
     assert all(set(v) == {"min", "max"} for v in cut.cuts().values())
 
 
+def test_cut_and_count_without_cuts_selects_everything(tmp_path):
+    cut = method_class("cut")(FEATURES)  # no cut found (e.g. none beats the validation part)
+    X = np.array([[1.0, np.nan, 2.0, 3.0], [0.0, 0.0, 0.0, 0.0]], np.float32)
+    onnx_score = ort.InferenceSession(str(cut.to_onnx(tmp_path / "m.onnx"))).run(["score"], {"features": X})[0]
+    np.testing.assert_array_equal(onnx_score, [1.0, 1.0])
+    np.testing.assert_array_equal(cut.predict(X), [1.0, 1.0])
+
+
 def test_cut_and_count_keeps_the_cuts_best_on_validation(data):
     X, y, w = data
     cut = method_class("cut")(FEATURES, seed=4, validation_fraction=0.3).fit(X, y, w * 50)

@@ -147,8 +147,16 @@ class CutAndCount(Method):
         from onnx import TensorProto, helper
 
         active = self.active
-        if len(active) == 0:
-            raise ValueError("no cuts to export")
+        inputs = [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", len(self.features)])]
+        outputs = [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"])]
+        if len(active) == 0:  # no cut kept: every event is selected (score 1)
+            graph = helper.make_graph(
+                [helper.make_node("Shape", ["features"], ["shape"], start=0, end=1),
+                 helper.make_node("ConstantOfShape", ["shape"], ["score"],
+                                  value=helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0]))],
+                "crema_cut_and_count", inputs, outputs)
+            return write_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                                producer_name="crema"), path)
         f32 = np.float32
         graph = helper.make_graph(
             [helper.make_node("Gather", ["features", "index"], ["x"], axis=1),
@@ -157,9 +165,7 @@ class CutAndCount(Method):
              helper.make_node("And", ["above", "below"], ["inside"]),
              helper.make_node("Cast", ["inside"], ["passed"], to=TensorProto.FLOAT),
              helper.make_node("ReduceMean", ["passed"], ["score"], axes=[1], keepdims=0)],
-            "crema_cut_and_count",
-            [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", len(self.features)])],
-            [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"])],
+            "crema_cut_and_count", inputs, outputs,
             initializer=[helper.make_tensor("index", TensorProto.INT64, [len(active)], active.tolist()),
                          helper.make_tensor("lo", TensorProto.FLOAT, [len(active)], self.lo[active].astype(f32).tolist()),
                          helper.make_tensor("hi", TensorProto.FLOAT, [len(active)], self.hi[active].astype(f32).tolist())],
