@@ -37,12 +37,14 @@ class SampleInfo:
 
 @dataclass(frozen=True)
 class HistogramSpec:
-    """Regular binning of one observable."""
+    """Regular binning of one observable; ``expr`` its definition in the observable language
+    (:mod:`crema.observables`, e.g. ``M(HbbJet1+HbbJet2)``) for processors that read it."""
 
     bins: int
     start: float
     stop: float
     label: str = ""
+    expr: str | None = None
 
     def validate(self) -> None:
         if self.bins <= 0:

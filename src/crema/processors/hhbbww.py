@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -16,7 +15,10 @@ from crema.corrections.era import EraConfig
 from crema.corrections.theory import TheoryOptions, TheoryWeights
 
 NOMINAL = "nominal"
+from crema.models.classifier.inference import ClassifierOptions
+from crema.observables import Expression, Observables, parse
 from crema.processors.common import (
+    HistogramSpec,
     JetCorrectionOptions,
     SampleInfo,
     SpanetOptions,
@@ -79,6 +81,8 @@ class HHbbWWOptions:
     (e.g. ``{model: hh_sl, event_file: hh_sl}``) takes them from SPANet's ``h`` assignment in the
     single-lepton channel (``m_bb``, ``spanet_h_detection``).
     ``corrections``: null (default) applies none; a mapping applies the era's corrections.
+    ``classifier``: null (default) runs none; ``{model: MODEL_DIR, method: bdt}`` scores each
+    selected event with a model of ``crema classifier-train`` (``classifier_score``).
     """
 
     selection: str = "hhbbww_run3"
@@ -88,6 +92,7 @@ class HHbbWWOptions:
     deephme: DeepHMEOptions | None = None
     spanet: SpanetOptions | None = None
     corrections: CorrectionOptions | None = None
+    classifier: ClassifierOptions | None = None
 
     def validate(self) -> None:
         for ch in self.channels:
@@ -95,86 +100,51 @@ class HHbbWWOptions:
                 raise ConfigError(f"channels: unknown channel {ch!r} (known: {', '.join(sel.CHANNELS)})")
 
 
-def _numpy(values: ak.Array) -> np.ndarray:
-    return np.asarray(ak.to_numpy(values), dtype=np.float64)
-
-
-class _Event:
-    """The selected objects of one channel as the observables see them.
-
-    Each (collection, field) is padded once into a numpy (events, k) array with NaN for missing
-    objects, so every observable is plain numpy and weight variations reuse the same values.
-    """
-
-    SLOTS = {"lep": 2, "jet": 2, "bjet": 2, "fatjet": 1}
-
-    def __init__(self, objects: sel.Objects, inferred: dict[str, ak.Array], btag_score: str) -> None:
-        self.objects = objects
-        self.inferred = inferred
-        self.btag_score = btag_score
-        self._arrays: dict[tuple[str, str], np.ndarray] = {}
-        self._values: dict[str, np.ndarray] = {}
-        self._bjets: ak.Array | None = None
-
-    def collection(self, name: str) -> ak.Array:
-        if name == "bjet":
-            if self._bjets is None:
-                if "spanet" in self.inferred:  # SPANet's H->bb jets (none where it assigned none)
-                    h = self.inferred["spanet"].h
-                    self._bjets = self.objects.jets[h[h >= 0]]
-                else:
-                    self._bjets = by_score(self.objects.jets, self.btag_score)
-            return self._bjets
-        return {"lep": self.objects.leptons, "jet": self.objects.jets, "fatjet": self.objects.fatjets}[name]
-
-    def field(self, collection: str, name: str) -> np.ndarray:
-        """(events, k) float64 array of ``name`` for the first k objects of ``collection``."""
-        key = (collection, name)
-        if key not in self._arrays:
-            k = self.SLOTS[collection]
-            padded = ak.pad_none(self.collection(collection)[name], k, axis=1, clip=True)
-            # a masked numpy array filled with NaN: cheaper than ak.fill_none on the option type
-            self._arrays[key] = np.ma.filled(ak.to_numpy(padded).astype(np.float64), np.nan)
-        return self._arrays[key]
-
-    def pair_mass(self, collection: str) -> np.ndarray:
-        """Invariant mass of the first two objects (NaN where there are fewer)."""
-        pt, eta, phi, m = (self.field(collection, f) for f in ("pt", "eta", "phi", "mass"))
-        pz = pt * np.sinh(eta)
-        energy = np.sqrt(pt**2 + pz**2 + m**2).sum(axis=1)
-        px, py = (pt * np.cos(phi)).sum(axis=1), (pt * np.sin(phi)).sum(axis=1)
-        m2 = energy**2 - px**2 - py**2 - pz.sum(axis=1) ** 2
-        return np.sqrt(np.maximum(m2, 0.0))
-
-    def value(self, name: str) -> np.ndarray:
-        """The observable ``name`` per event as float64 numpy (NaN where undefined), computed once."""
-        if name not in self._values:
-            self._values[name] = np.asarray(OBSERVABLES[name](self), dtype=np.float64)
-        return self._values[name]
-
-
-OBSERVABLES: dict[str, Callable[[_Event], np.ndarray]] = {
-    "lep1_pt": lambda e: e.field("lep", "pt")[:, 0],
-    "lep1_eta": lambda e: e.field("lep", "eta")[:, 0],
-    "lep2_pt": lambda e: e.field("lep", "pt")[:, 1],
-    "jet1_pt": lambda e: e.field("jet", "pt")[:, 0],
-    "jet1_eta": lambda e: e.field("jet", "eta")[:, 0],
-    "jet2_pt": lambda e: e.field("jet", "pt")[:, 1],
-    "fatjet1_pt": lambda e: e.field("fatjet", "pt")[:, 0],
-    "m_ll": lambda e: e.pair_mass("lep"),
-    "m_bb": lambda e: e.pair_mass("bjet"),  # the two highest b-score central jets, or SPANet's h jets
-    "met_pt": lambda e: _numpy(e.objects.met.pt),
-    "n_jets": lambda e: _numpy(ak.num(e.objects.jets, axis=1)),
-    "n_bjets": lambda e: _numpy(ak.num(e.objects.bjets, axis=1)),
-    "n_fatjets": lambda e: _numpy(ak.num(e.objects.fatjets, axis=1)),
-    "hme_mass": lambda e: _numpy(e.inferred["hme"].mass),
-    "hme_mass_error": lambda e: _numpy(e.inferred["hme"].mass_error),
-    "spanet_h_detection": lambda e: (_numpy(e.inferred["spanet"].h_detection) if "spanet" in e.inferred
-                                     else np.full(len(e.objects.jets), np.nan)),
+#: per-event model outputs the observable language can read (``HME.mass``): language name ->
+#: (processor option that runs the model, key in ``infer``'s result, outputs)
+MODEL_OUTPUTS = {
+    "HME": ("deephme", "hme", ("mass", "mass_error")),
+    "SPANet": ("spanet", "spanet", ("h_detection",)),
+    "classifier": ("classifier", "classifier", ("score",)),
 }
 
-# observables that exist only when a model runs: observable -> model option
-MODEL_OBSERVABLES = {"hme_mass": "deephme", "hme_mass_error": "deephme", "spanet_h_detection": "spanet"}
+
+def observables(objects: sel.Objects, inferred: dict[str, Any], btag_score: str) -> Observables:
+    """The selected objects and model outputs of one channel as the observable language sees them.
+
+    ``HbbJet`` are the H->bb candidate jets: SPANet's ``h`` jets when SPANet ran (none where it
+    assigned none), else the central jets in b-score order. ``Muon``/``Electron`` are the
+    selected leptons of that flavour.
+    """
+    leps = objects.leptons
+
+    def hbb() -> ak.Array:
+        if "spanet" in inferred:
+            h = inferred["spanet"].h
+            return objects.jets[h[h >= 0]]
+        return by_score(objects.jets, btag_score)
+
+    collections = {
+        "Jet": objects.jets, "BJet": objects.bjets, "HbbJet": hbb, "FatJet": objects.fatjets, "Lepton": leps,
+        "Muon": lambda: leps[abs(leps.pdgId) == 13], "Electron": lambda: leps[abs(leps.pdgId) == 11],
+        "MET": objects.met,
+    }
+    outputs = {name: inferred[key] for name, (_, key, _) in MODEL_OUTPUTS.items() if key in inferred}
+    return Observables(collections, outputs, n_events=len(objects.jets))
+
+
+def histogram_expressions(specs: dict[str, HistogramSpec], source: str) -> dict[str, Expression]:
+    """Parse each histogram's ``expr`` (an entry without one takes the builtin hhbbww definition)."""
+    builtin = load_histogram_specs("hhbbww")
+    outputs = {name: outs for name, (_, _, outs) in MODEL_OUTPUTS.items()}
+    expressions = {}
+    for name, spec in specs.items():
+        text = spec.expr if spec.expr is not None else getattr(builtin.get(name), "expr", None)
+        if text is None:
+            raise ConfigError(f"histograms ({source}).{name}.expr: no expression and no builtin observable of this "
+                              f"name (builtin: {', '.join(builtin)})")
+        expressions[name] = parse(text, f"histograms ({source}).{name}.expr", outputs=outputs)
+    return expressions
 
 
 def _axis_name(variation: str) -> str:
@@ -209,18 +179,16 @@ class HHbbWWProcessor(processor.ProcessorABC):
             era.path("btag_file"), self.selection.btag.tagger, self.selection.btag.working_point
         )
         # a model's observables are booked only when that model runs
-        disabled = {name for name, model in MODEL_OBSERVABLES.items() if getattr(options, model) is None}
-        self.hist_specs = {
-            name: spec for name, spec in load_histogram_specs(options.histograms).items() if name not in disabled
-        }
-        unknown = sorted(set(self.hist_specs) - set(OBSERVABLES))
-        if unknown:
-            raise ConfigError(
-                f"histograms.{unknown[0]}: unknown observable (known: {', '.join(OBSERVABLES)})"
-            )
+        specs = load_histogram_specs(options.histograms)
+        expressions = histogram_expressions(specs, options.histograms)
+        off = {name for name, (option, _, _) in MODEL_OUTPUTS.items() if getattr(options, option) is None}
+        self.expressions = {name: e for name, e in expressions.items() if not e.models & off}
+        self.hist_specs = {name: specs[name] for name in self.expressions}
         self.channels = [ch for ch in options.channels if ch in self.selection.channels]
         self.hme = self._deephme(options.deephme) if options.deephme is not None else None
         self.spanet = self._spanet(options.spanet) if options.spanet is not None else None
+        self.classifier = (options.classifier.build("processor.options.classifier", self.model_outputs(exclude="classifier"))
+                           if options.classifier is not None else None)
         self.jet_corrector, self.event_weights = self._corrections(options.corrections, era)
         self.shape_variations = self._shape_variations(options.corrections)
         weight_variations = (self.event_weights.variations if self.event_weights is not None
@@ -231,6 +199,11 @@ class HHbbWWProcessor(processor.ProcessorABC):
             weight_variations = [*weight_variations, *self.theory.variations]
         self.weight_variations = weight_variations
         self.systematics = [NOMINAL, *(_axis_name(v) for v in self.shape_variations), *weight_variations]
+
+    def model_outputs(self, exclude: str | None = None) -> dict[str, tuple[str, ...]]:
+        """Model outputs this configuration produces (language name -> outputs)."""
+        return {name: outs for name, (option, _, outs) in MODEL_OUTPUTS.items()
+                if name != exclude and getattr(self.options, option) is not None}
 
     def _corrections(self, opts: CorrectionOptions | None, era: EraConfig):
         """Build the jet corrector and event weights once (validating the era's files and keys)."""
@@ -298,6 +271,8 @@ class HHbbWWProcessor(processor.ProcessorABC):
             needs.update({f"Jet_{t}": "SPANet jet inputs" for t in self.spanet.tags.values() if isinstance(t, str)})
         if sample.is_mc:
             needs["genWeight"] = "event weights (simulated datasets)"
+        if self.classifier is not None:
+            needs["event"] = "classifier (event parity picks the fold)"
         needs.update(jet_correction_branches(self.jet_corrector, sample))
         if self.event_weights is not None and sample.is_mc and self.event_weights.pileup is not None:
             needs["Pileup_nTrueInt"] = "pileup weight (processor.options.corrections.weights)"
@@ -353,7 +328,7 @@ class HHbbWWProcessor(processor.ProcessorABC):
                 chosen = objects[mask]
                 inferred = self.infer(channel, corrected[mask], chosen)
                 in_regions = {r: m[mask] for r, m in regions.items()}
-                event = _Event(chosen, inferred, self.selection.btag.score)
+                event = observables(chosen, inferred, self.selection.btag.score)
                 self.fill(out["histograms"], dataset, channel, _axis_name(systematic), event,
                           weights.weight()[mask], in_regions)
                 if systematic == NOMINAL:
@@ -401,6 +376,9 @@ class HHbbWWProcessor(processor.ProcessorABC):
             inferred["hme"] = self.hme[channel](events.event, objects.leptons, objects.jets, objects.fatjets, objects.met)
         if self.spanet is not None and channel == "sl":
             inferred["spanet"] = self.spanet(objects.jets, objects.met)
+        if self.classifier is not None:  # last: its features may read the other models' outputs
+            features = observables(objects, inferred, self.selection.btag.score)
+            inferred["classifier"] = {"score": self.classifier.score(features, np.asarray(events.event), channel)}
         return inferred
 
     def weights(self, events: ak.Array, sample: SampleInfo, objects: sel.Objects) -> Weights:
@@ -423,6 +401,8 @@ class HHbbWWProcessor(processor.ProcessorABC):
         out["btag_efficiency"][dataset] = fill_efficiency(
             efficiency_histogram(), objects.jets[passed], self.selection.btag.score, self.btag_threshold, sign)
 
-    def fill(self, hists, dataset, channel, systematic, event: _Event, weight, regions) -> None:
+    def fill(self, hists, dataset, channel, systematic, event: Observables, weight, regions) -> None:
         """Fill every booked observable for the selected events of one channel, per region."""
-        fill_histograms(hists, event.value, dataset, channel, systematic, weight, regions)
+        event.reserve(self.expressions.values())
+        fill_histograms(hists, lambda name: event.evaluate(self.expressions[name]), dataset, channel, systematic,
+                        weight, regions)

@@ -266,6 +266,9 @@ def parser() -> argparse.ArgumentParser:
     _spanet_commands(sub)
     _calibration_commands(sub)
     _eft_commands(sub)
+    from crema.workflows.classifier import add_commands as _classifier_commands
+
+    _classifier_commands(sub)
     return p
 
 

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import yaml
 
+from crema.processors.classifier_dataset import ClassifierDatasetConfig
 from crema.processors.common import SampleInfo
 from crema.schema import ConfigError, from_dict, load, to_dict
 from crema.stats.config import FitConfig
@@ -120,6 +121,7 @@ class Config:
     output: str = "crema-out"
     plots: PlotConfig = field(default_factory=PlotConfig)
     fit: FitConfig = field(default_factory=FitConfig)
+    classifier: ClassifierDatasetConfig | None = None  # crema classifier-dataset: features per selected event
 
     def validate(self) -> None:
         names = [d.name for d in self.datasets]
