@@ -333,7 +333,7 @@ class HHbbWWProcessor(processor.ProcessorABC):
                           weights.weight()[mask], in_regions)
                 if systematic == NOMINAL:
                     out["undefined"].setdefault(dataset, {})[channel] = count_undefined(
-                        event.value, out["histograms"], int(mask.sum()))
+                        lambda name: event.evaluate(self.expressions[name]), out["histograms"], int(mask.sum()))
                 if systematic == NOMINAL and sample.is_mc:
                     for variation in self.weight_variations:
                         if variation not in weights.variations:  # a theory branch this file lacks
