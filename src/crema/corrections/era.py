@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crema.corrections import files
+from crema.corrections.jetveto import JetVetoConfig
 from crema.schema import ConfigError, load
+from crema.selections.event import PrimaryDataset, TriggerConfig, check_event_config
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 ERA_DIR = _PACKAGE / "configs" / "eras"
@@ -217,11 +219,19 @@ class EraConfig:
     electron: ElectronConfig | None = None
     pileup: PileupConfig | None = None
     btag_sf: BTagSFConfig | None = None
+    # event-level selection (crema.selections.event): HLT paths, MET filters, certified lumi
+    # sections (collision data), jet veto map, primary datasets in precedence order
+    triggers: TriggerConfig | None = None
+    met_filters: list[str] = field(default_factory=list)
+    golden_json: str | None = None
+    jet_veto: JetVetoConfig | None = None
+    primary_datasets: list[PrimaryDataset] = field(default_factory=list)
 
     def validate(self) -> None:
         path = resolve_correction_file(self.btag_file)
         if not path.exists():
             raise ConfigError(f"btag_file: {path} does not exist")
+        check_event_config(self)
 
     def path(self, name: str) -> Path:
         """Absolute path of the file held in field ``name``."""

@@ -71,11 +71,13 @@ def block_rng(seed: int, process: str, block: int, stream: int = 0) -> np.random
     return np.random.Generator(np.random.PCG64(ss))
 
 
-def generate_block(process: str, n: int, *, seed: int, block: int, mass: float, pfnano: bool = False) -> Block:
+def generate_block(process: str, n: int, *, seed: int, block: int, mass: float, pfnano: bool = False,
+                   data: bool = False) -> Block:
     """Generate events [block * BLOCK_SIZE, block * BLOCK_SIZE + n) of a process.
 
     With ``pfnano`` the PFNano tables are added from their own random stream, so
-    that every other branch is the same as without.
+    that every other branch is the same as without. ``data``: collision-data-like
+    (:func:`crema.generate.data.as_data`, from a third random stream).
     """
     spec = PROCESS_SPECS[process]
     rng = block_rng(seed, process, block)
@@ -139,7 +141,12 @@ def generate_block(process: str, n: int, *, seed: int, block: int, mass: float, 
     if pfnano:
         pf_rng = block_rng(seed, process, block, stream=1)
         colls.update(_pfnano.build(pf_rng, ak4.counts, ak4.fields, ak4.extra, pu.branches))
-    return _typed(Block(scalars, colls), pfnano)
+    typed = _typed(Block(scalars, colls), pfnano)
+    if data:
+        from .data import as_data
+
+        return as_data(typed, block_rng(seed, process, block, stream=2), seed, first)
+    return typed
 
 
 def _typed(block: Block, pfnano: bool = False) -> Block:
@@ -161,12 +168,14 @@ def generate_blocks(
     start_block: int = 0,
     n_blocks: int | None = None,
     pfnano: bool = False,
+    data: bool = False,
 ):
     """Yield the blocks covering ``n_events`` (optionally a sub-range of blocks)."""
     total = -(-n_events // BLOCK_SIZE)
     stop = total if n_blocks is None else min(total, start_block + n_blocks)
     for b in range(start_block, stop):
-        yield generate_block(process, min(BLOCK_SIZE, n_events - b * BLOCK_SIZE), seed=seed, block=b, mass=mass, pfnano=pfnano)
+        yield generate_block(process, min(BLOCK_SIZE, n_events - b * BLOCK_SIZE), seed=seed, block=b, mass=mass,
+                             pfnano=pfnano, data=data)
 
 
 def _jagged(counts: np.ndarray, content) -> ak.Array:

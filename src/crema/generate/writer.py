@@ -5,6 +5,7 @@ from __future__ import annotations
 import pathlib
 
 import awkward as ak
+import numpy as np
 import uproot
 
 from . import events as _events
@@ -16,9 +17,13 @@ CHUNK_SIZE = 100_000  # events per written chunk (about 0.8 GB peak memory)
 PFNANO_CHUNK_SIZE = 20_000  # with ~90 PF candidates per event (about 1 GB)
 
 
-def _tree_types(pfnano: bool = False) -> dict:
+# the Runs tree of real NanoAOD (one entry per run and job): generator event count and weight sums
+RUNS_TYPES = {"run": np.uint32, "genEventCount": np.int64, "genEventSumw": np.float64, "genEventSumw2": np.float64}
+
+
+def _tree_types(pfnano: bool = False, data: bool = False) -> dict:
     """Branch types for ``mktree``: dtypes for scalars, jagged record types for collections."""
-    empty = block_to_records(generate_block("dy", 0, seed=0, block=0, mass=800.0, pfnano=pfnano))
+    empty = block_to_records(generate_block("dy", 0, seed=0, block=0, mass=800.0, pfnano=pfnano, data=data))
     return {k: (v.type.content if isinstance(v, ak.Array) else v.dtype) for k, v in empty.items()}
 
 
@@ -31,6 +36,7 @@ def write_nanoaod(
     mass: float = 800.0,
     chunk_size: int | None = None,
     pfnano: bool = False,
+    data: bool = False,
 ) -> pathlib.Path:
     """Generate ``n_events`` of ``process`` and write them to ``path`` as NanoAODv12.
 
@@ -41,6 +47,9 @@ def write_nanoaod(
     ``chunk_size``.  Each collection gets the single ``n<Coll>``
     int32 counter NanoAODSchema expects.  ``pfnano`` adds the PFNano tables
     (``PFCands``, ``JetPFCands``, ``SV``, ``JetSVs``; every other branch unchanged).
+    ``data`` writes collision-data-like events (:mod:`crema.generate.data`: 2022 C-D run and
+    lumi numbers, no generator branches); simulated files get a ``Runs`` tree (``run``,
+    ``genEventCount``, ``genEventSumw``, ``genEventSumw2``) as real NanoAOD has.
     Returns the path written.
     """
     check_process(process, mass)
@@ -53,16 +62,25 @@ def write_nanoaod(
     blocks_per_chunk = max(1, int(chunk_size) // _events.BLOCK_SIZE)
     n_blocks = -(-n_events // _events.BLOCK_SIZE)
     with uproot.recreate(path, compression=COMPRESSION) as f:
-        tree = f.mktree("Events", _tree_types(pfnano), counter_name=lambda c: "n" + c)
+        tree = f.mktree("Events", _tree_types(pfnano, data), counter_name=lambda c: "n" + c)
+        sums = np.zeros(2)
         for start in range(0, n_blocks, blocks_per_chunk):
             chunk = Block.concatenate(
                 list(
                     generate_blocks(
-                        process, n_events, seed=seed, mass=mass, start_block=start, n_blocks=blocks_per_chunk, pfnano=pfnano
+                        process, n_events, seed=seed, mass=mass, start_block=start, n_blocks=blocks_per_chunk,
+                        pfnano=pfnano, data=data,
                     )
                 )
             )
             tree.extend(block_to_records(chunk))
+            if not data:
+                w = chunk.scalars["genWeight"].astype(np.float64)
+                sums += (w.sum(), (w * w).sum())
+        if not data:
+            runs = f.mktree("Runs", RUNS_TYPES)
+            runs.extend({"run": np.array([1], np.uint32), "genEventCount": np.array([n_events], np.int64),
+                         "genEventSumw": sums[:1], "genEventSumw2": sums[1:]})
     return path
 
 

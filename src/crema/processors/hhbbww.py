@@ -30,6 +30,8 @@ from crema.processors.common import (
 from crema.schema import ConfigError
 from crema.selections import hhbbww as sel
 from crema.selections.config import load_selection
+from crema.selections.event import EventSelection
+from crema.selections.jetid import with_jet_id
 from crema.selections.objects import by_score
 
 
@@ -218,6 +220,8 @@ class HHbbWWProcessor(processor.ProcessorABC):
                              and options.corrections.systematics else [])
         self.weight_variations = weight_variations
         self.systematics = [NOMINAL, *(_axis_name(v) for v in self.shape_variations), *weight_variations]
+        self.event_selection = EventSelection(era, samples)
+        self.generator_sumw: dict[str, float] = {}  # Runs-tree sums of weights, set by the run (postprocess)
 
     def _corrections(self, opts: CorrectionOptions | None, era: EraConfig):
         """Build the jet corrector and event weights once (validating the era's files and keys)."""
@@ -274,6 +278,7 @@ class HHbbWWProcessor(processor.ProcessorABC):
     def required_branches(self, sample: SampleInfo) -> dict[str, str]:
         """Branches this processor reads for ``sample``, each mapped to what needs it."""
         needs = sel.required_branches(self.selection, self.options.met)
+        needs.update(self.event_selection.required_branches(sample))
         if self.hme is not None:
             from crema.models.deephme import FATJET_FIELDS, JET_FIELDS
 
@@ -300,6 +305,7 @@ class HHbbWWProcessor(processor.ProcessorABC):
             "cutflow": {},
             "cutflow_weighted": {},
             "processed": {},
+            "processed_lumis": {},  # dataset -> coffea LumiList (data); CMS lumi JSON after postprocess
             "btag_efficiency": {},  # dataset -> pt x |eta| x flavour x tagged counts (simulation)
         }
 
@@ -311,7 +317,11 @@ class HHbbWWProcessor(processor.ProcessorABC):
         out["nevents"][dataset] = n
         out["processed"][events.metadata["filename"]] = n
 
+        events = with_jet_id(events)  # NanoAODv15 has no jetId: computed from the jet's constituents
         variants = self.correct(events, sample)
+        steps = self.event_selection.steps(variants[NOMINAL], sample)
+        if not sample.is_mc:
+            out["processed_lumis"][dataset] = steps.processed_lumis(events)
         nominal = self.select(variants[NOMINAL])
         weights = self.weights(variants[NOMINAL], sample, nominal)
         out["sumw"][dataset] = float(np.sum(weights.partial_weight(include=["genWeight"]))) if sample.is_mc else float(n)
@@ -323,6 +333,7 @@ class HHbbWWProcessor(processor.ProcessorABC):
             regions = sel.region_masks(objects, self.selection.regions)
             for channel in self.channels:
                 selection, cuts = sel.channel_selection(objects, channel, self.selection.channels[channel])
+                cuts = steps.prepend(selection, cuts, objects.leptons, channel)
                 if systematic == NOMINAL:
                     fill_cutflow(out, dataset, channel, selection, cuts, weights.weight())
                 mask = selection.all(*cuts)
@@ -349,7 +360,7 @@ class HHbbWWProcessor(processor.ProcessorABC):
         output first, so a run whose chunks were all skipped still gives complete (empty) results.
         """
         out = processor.accumulate([self.empty_output(), accumulator or {}])
-        return normalise_output(out, self.samples, self.luminosity_fb)
+        return normalise_output(out, self.samples, self.luminosity_fb, self.generator_sumw)
 
     # ------------------------------------------------------------------ steps
     def select(self, events: ak.Array, nominal: sel.Objects | None = None) -> sel.Objects:

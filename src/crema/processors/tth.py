@@ -34,6 +34,8 @@ from crema.processors.common import (
 from crema.schema import ConfigError
 from crema.selections import hhbbww as sel
 from crema.selections.config import load_selection
+from crema.selections.event import EventSelection
+from crema.selections.jetid import with_jet_id
 
 NOMINAL = "nominal"
 CHANNEL = "sl"
@@ -130,10 +132,13 @@ class TTHProcessor(processor.ProcessorABC):
                               f"and the classification EVENT/signal (the event file has {sorted(particles)})")
         corrections = options.corrections
         self.jet_corrector = corrections.jet_corrector(era, "processor.options.corrections") if corrections else None
+        self.event_selection = EventSelection(era, samples)
+        self.generator_sumw: dict[str, float] = {}  # Runs-tree sums of weights, set by the run (postprocess)
 
     def required_branches(self, sample: SampleInfo) -> dict[str, str]:
         """Branches this processor reads for ``sample``, each mapped to what needs it."""
         needs = sel.required_branches(self.selection, self.options.met)
+        needs.update(self.event_selection.required_branches(sample))
         for tag in self.spanet.tags.values():
             if isinstance(tag, str):
                 needs[f"Jet_{tag}"] = "SPANet jet inputs"
@@ -148,7 +153,7 @@ class TTHProcessor(processor.ProcessorABC):
         """The output of a run over no events."""
         return {
             "histograms": book(self.hist_specs, list(self.samples), [CHANNEL], list(REGIONS), [NOMINAL]),
-            "sumw": {}, "nevents": {}, "cutflow": {}, "cutflow_weighted": {}, "processed": {},
+            "sumw": {}, "nevents": {}, "cutflow": {}, "cutflow_weighted": {}, "processed": {}, "processed_lumis": {},
         }
 
     def process(self, events: ak.Array) -> dict[str, Any]:
@@ -161,9 +166,13 @@ class TTHProcessor(processor.ProcessorABC):
         weight = (np.asarray(ak.to_numpy(events.genWeight), dtype=np.float64) if sample.is_mc else np.ones(n))
         out["sumw"][dataset] = float(weight.sum())
 
-        events = correct_events(self.jet_corrector, events, [], self.options.met)[NOMINAL]
+        events = correct_events(self.jet_corrector, with_jet_id(events), [], self.options.met)[NOMINAL]
+        steps = self.event_selection.steps(events, sample)
+        if not sample.is_mc:
+            out["processed_lumis"][dataset] = steps.processed_lumis(events)
         objects = sel.select_objects(events, self.selection, self.btag_threshold, self.options.met)
-        selection, cuts = self.event_selection(objects)
+        selection, cuts = self.channel_cuts(objects)
+        cuts = steps.prepend(selection, cuts, objects.leptons, CHANNEL)
         fill_cutflow(out, dataset, CHANNEL, selection, cuts, weight)
         mask = selection.all(*cuts)
         chosen = objects[mask]
@@ -176,10 +185,10 @@ class TTHProcessor(processor.ProcessorABC):
     def postprocess(self, accumulator: dict[str, Any]) -> dict[str, Any]:
         """Scale each simulated dataset to xsec x luminosity / sum of genWeight."""
         out = processor.accumulate([self.empty_output(), accumulator or {}])
-        return normalise_output(out, self.samples, self.luminosity_fb)
+        return normalise_output(out, self.samples, self.luminosity_fb, self.generator_sumw)
 
     # ------------------------------------------------------------------ steps
-    def event_selection(self, objects: sel.Objects) -> tuple[PackedSelection, list[str]]:
+    def channel_cuts(self, objects: sel.Objects) -> tuple[PackedSelection, list[str]]:
         """The cutflow: lepton count, tight leading lepton above threshold, jets, b-tags."""
         c = self.options.cuts
         leptons = objects.leptons

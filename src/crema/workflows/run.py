@@ -20,6 +20,7 @@ from crema.processors.hhbbww import HHbbWWOptions, HHbbWWProcessor
 from crema.processors.spanet_dataset import SpanetDataset, SpanetDatasetOptions
 from crema.processors.tth import TTHOptions, TTHProcessor
 from crema.schema import from_dict
+from crema.selections.jetid import resolve_needs, version_hint
 from crema.workflows.config import Config, ExecutorConfig, JobQueue
 
 # processor name -> (options schema, how to build it from options and the whole config)
@@ -144,11 +145,15 @@ def preflight(config: Config, proc: processor.ProcessorABC) -> tuple[dict[str, A
                     report.bad_entries[path] = entries
                 del files[path]
                 continue
-            missing = sorted(set(needs) - branches)
+            file_needs, notices = resolve_needs(needs, branches)  # NanoAODv15: jet ID from its inputs
+            for notice in notices:
+                warnings.warn(f"{path}: {notice}", stacklevel=2)
+            missing = sorted(set(file_needs) - branches)
             if missing:
                 b = missing[0]
                 more = f" (and {len(missing) - 1} more: {', '.join(missing[1:4])}...)" if len(missing) > 1 else ""
-                raise InputError(f"{path}: branch {b!r} is missing; it is needed by {needs[b]}{more}")
+                raise InputError(f"{path}: branch {b!r} is missing; it is needed by {file_needs[b]}{more}"
+                                 f"{version_hint(branches)}")
     return fileset, report
 
 
@@ -194,6 +199,10 @@ def run(config: Config, proc: processor.ProcessorABC | None = None) -> tuple[dic
     """Run the configured processor (or ``proc``) over all datasets; returns (post-processed output, report)."""
     proc = build_processor(config) if proc is None else proc
     fileset, report = preflight(config, proc)
+    if hasattr(proc, "generator_sumw"):  # simulation normalised with the Runs trees of all files
+        from crema.workflows.normalisation import runs_tree_sums
+
+        proc.generator_sumw = runs_tree_sums(config)
     ex = config.executor
     with executor_for(ex) as executor:
         runner = processor.Runner(
