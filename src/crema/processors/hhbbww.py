@@ -72,6 +72,7 @@ class HHbbWWOptions:
     (e.g. ``{model: hh_sl, event_file: hh_sl}``) takes them from SPANet's ``h`` assignment in the
     single-lepton channel (``m_bb``, ``spanet_h_detection``).
     ``corrections``: null (default) applies none; a mapping applies the era's corrections.
+    ``event_selection``: false skips the era's event-level steps (for skims without HLT/Flag branches).
     """
 
     selection: str = "hhbbww_run3"
@@ -81,6 +82,7 @@ class HHbbWWOptions:
     deephme: DeepHMEOptions | None = None
     spanet: SpanetOptions | None = None
     corrections: CorrectionOptions | None = None
+    event_selection: bool = True  # the era's golden JSON, MET filters, triggers and jet veto (false: none)
 
     def validate(self) -> None:
         for ch in self.channels:
@@ -220,7 +222,7 @@ class HHbbWWProcessor(processor.ProcessorABC):
                              and options.corrections.systematics else [])
         self.weight_variations = weight_variations
         self.systematics = [NOMINAL, *(_axis_name(v) for v in self.shape_variations), *weight_variations]
-        self.event_selection = EventSelection(era, samples)
+        self.event_selection = EventSelection(era, samples, options.event_selection)
         self.generator_sumw: dict[str, float] = {}  # Runs-tree sums of weights, set by the run (postprocess)
 
     def _corrections(self, opts: CorrectionOptions | None, era: EraConfig):

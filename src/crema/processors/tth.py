@@ -67,6 +67,7 @@ class TTHOptions:
     cuts: TTHCuts = field(default_factory=TTHCuts)
     spanet: SpanetOptions = field(default_factory=SpanetOptions)
     corrections: JetCorrectionOptions | None = None
+    event_selection: bool = True  # the era's golden JSON, MET filters, triggers and jet veto (false: none)
 
 
 REGIONS = ("inclusive", "ge3b")
@@ -132,7 +133,7 @@ class TTHProcessor(processor.ProcessorABC):
                               f"and the classification EVENT/signal (the event file has {sorted(particles)})")
         corrections = options.corrections
         self.jet_corrector = corrections.jet_corrector(era, "processor.options.corrections") if corrections else None
-        self.event_selection = EventSelection(era, samples)
+        self.event_selection = EventSelection(era, samples, options.event_selection)
         self.generator_sumw: dict[str, float] = {}  # Runs-tree sums of weights, set by the run (postprocess)
 
     def required_branches(self, sample: SampleInfo) -> dict[str, str]:

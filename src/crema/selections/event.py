@@ -127,15 +127,20 @@ def _np(mask) -> np.ndarray:
 
 
 class EventSelection:
-    """The era's event-level steps for a set of samples (validated against them at start-up)."""
+    """The era's event-level steps for a set of samples (validated against them at start-up).
 
-    def __init__(self, era: EraConfig, samples: dict[str, SampleInfo]) -> None:
-        self.era = era
-        self.triggers = era.triggers
+    ``enabled=False`` applies none of them (for skims that dropped the HLT and Flag branches).
+    """
+
+    def __init__(self, era: EraConfig, samples: dict[str, SampleInfo], enabled: bool = True) -> None:
+        self.era_name = era.name
+        self.triggers = era.triggers if enabled else None
+        self.met_filters = list(era.met_filters) if enabled else []
+        self.golden_json = era.golden_json if enabled else None
         self.precedence = [pd.name for pd in era.primary_datasets]
         self.pd_paths = {pd.name: set(pd.paths) for pd in era.primary_datasets}
         self.jet_veto = None
-        if era.jet_veto is not None:
+        if era.jet_veto is not None and enabled:
             from crema.corrections.jetveto import JetVeto
 
             self.jet_veto = JetVeto(era.jet_veto)
@@ -146,7 +151,7 @@ class EventSelection:
                 raise ConfigError(f"datasets.{s.name}.primary_dataset: only collision data has a primary dataset")
             if pd is not None and pd not in self.pd_paths:
                 raise ConfigError(f"datasets.{s.name}.primary_dataset: {pd!r} is not a primary dataset of era "
-                                  f"{era.name} (it has: {', '.join(self.precedence) or 'none'})")
+                                  f"{self.era_name} (it has: {', '.join(self.precedence) or 'none'})")
         if len(data) > 1 and self.triggers is not None and any(s.primary_dataset is None for s in data):
             missing = next(s for s in data if s.primary_dataset is None)
             raise ConfigError(f"datasets.{missing.name}.primary_dataset: with several data datasets each needs its "
@@ -155,27 +160,28 @@ class EventSelection:
     def required_branches(self, sample: SampleInfo) -> dict[str, str]:
         """Branches the event-level steps read for ``sample``, each mapped to what needs it."""
         needs = {}
-        if not sample.is_mc and self.era.golden_json is not None:
-            needs["run"] = needs["luminosityBlock"] = f"golden JSON (era {self.era.name} golden_json)"
-        needs.update({f: f"MET filters (era {self.era.name} met_filters)" for f in self.era.met_filters})
+        if not sample.is_mc and self.golden_json is not None:
+            needs["run"] = needs["luminosityBlock"] = f"golden JSON (era {self.era_name} golden_json)"
+        needs.update({f: f"MET filters (era {self.era_name} met_filters)" for f in self.met_filters})
         if self.triggers is not None and self.triggers.missing == "error":
             for group in TriggerConfig.GROUPS:
                 for path in getattr(self.triggers, group):
-                    needs.setdefault(path, f"trigger (era {self.era.name} triggers.{group})")
+                    needs.setdefault(path, f"trigger (era {self.era_name} triggers.{group})")
         if self.jet_veto is not None:
-            needs.update({b: f"jet veto map (era {self.era.name} jet_veto)" for b in self.jet_veto.BRANCHES})
+            needs.update({b: f"jet veto map (era {self.era_name} jet_veto)" for b in self.jet_veto.BRANCHES})
         return needs
 
     def steps(self, events: ak.Array, sample: SampleInfo) -> EventSteps:
         """The channel-independent masks of a chunk (computed once) and its HLT bits."""
         masks = {}
-        if not sample.is_mc and self.era.golden_json is not None:
-            mask = _lumi_mask(str(resolve_lumi_file(self.era.golden_json)))
+        if not sample.is_mc and self.golden_json is not None:
+            mask = _lumi_mask(str(resolve_lumi_file(self.golden_json)))
             masks["golden_json"] = np.asarray(mask(ak.to_numpy(events.run), ak.to_numpy(events.luminosityBlock)), bool)
-        met = np.ones(len(events), dtype=bool)
-        for flag in self.era.met_filters:
-            met &= _np(self._read(events, flag, "MET filter"))
-        masks["met_filters"] = met
+        if self.met_filters:
+            met = np.ones(len(events), dtype=bool)
+            for flag in self.met_filters:
+                met &= _np(self._read(events, flag, "MET filter"))
+            masks["met_filters"] = met
         if self.jet_veto is not None:
             masks["jet_veto"] = self.jet_veto.passes(events.Jet, events.Muon)
         fired = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 import time
 from dataclasses import replace
@@ -70,6 +71,9 @@ def run_and_write(config: Config, outdir: Path, plots: bool = True) -> dict:
             drawn = pool.submit(plot_all, output, config.samples, outdir / "plots",
                                 config.plots.regions, config.plots.observables)
         paths = write_outputs(output, config.samples, outdir, report.to_dict())
+        if output.get("processed_lumis"):  # dataset -> CMS lumi JSON, the input of brilcalc
+            paths["processed_lumis"] = outdir / "processed_lumis.json"
+            paths["processed_lumis"].write_text(json.dumps(output["processed_lumis"], indent=1))
         if drawn is not None:
             drawn.result()
     n = report.to_dict()["processed_events"]
