@@ -35,13 +35,13 @@ PDS = ("Muon", "EGamma", "MuonEG")
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("events")
-    return {"data": write_nanoaod(tmp / "data.root", "tt_dl", 1200, seed=5, data=True),
-            "mc": write_nanoaod(tmp / "mc.root", "tt_dl", 1200, seed=6), "dir": tmp}
+    return {"data": write_nanoaod(tmp / "data.root", "tt_dl", 1000, seed=5, data=True),
+            "mc": write_nanoaod(tmp / "mc.root", "tt_dl", 1000, seed=6), "dir": tmp}
 
 
 def write_config(tmp, datasets, name="config.yaml", **executor):
     config = {"luminosity_fb": 2.0, "processor": {"name": "hhbbww", "options": {}},
-              "executor": {"name": "iterative", "chunksize": 600, "progress": False, **executor},
+              "executor": {"name": "iterative", "chunksize": 500, "progress": False, **executor},
               "datasets": datasets}
     path = tmp / name
     path.write_text(yaml.safe_dump(config))
@@ -165,13 +165,15 @@ def test_no_runs_tree_falls_back_to_processed_sum(tmp_path):
     assert out["normalisation"]["TT"]["sumw"] == out["sumw"]["TT"]
 
 
-def test_futures_equals_iterative(iterative, files):
-    config = write_config(files["dir"], datasets(files), name="futures.yaml").with_executor(name="futures", workers=2)
-    futures = run(config)[0]
+@pytest.mark.slow  # worker start-up: about a minute each on a loaded machine
+@pytest.mark.parametrize("executor", ["futures", "dask"])
+def test_executors_agree(iterative, files, executor):
+    config = write_config(files["dir"], datasets(files), name=f"{executor}.yaml").with_executor(name=executor, workers=2)
+    other = run(config)[0]
     for key in ("cutflow", "processed_lumis", "normalisation", "scale"):
-        assert futures[key] == iterative[key], key
+        assert other[key] == iterative[key], key
     for name, h in iterative["histograms"].items():
-        np.testing.assert_allclose(futures["histograms"][name].values(flow=True), h.values(flow=True), err_msg=name)
+        np.testing.assert_allclose(other["histograms"][name].values(flow=True), h.values(flow=True), err_msg=name)
 
 
 def test_missing_hlt_path_is_an_error_naming_it(tmp_path, files):
