@@ -19,7 +19,7 @@ import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import awkward as ak
 import numpy as np
@@ -29,7 +29,14 @@ from crema.schema import ConfigError
 
 if TYPE_CHECKING:
     from crema.corrections.era import EraConfig
-    from crema.processors.common import SampleInfo  # noqa: F401  (type only; no import at run time)
+
+
+class SampleInfo(Protocol):
+    """What the event-level steps need to know of a dataset (crema.processors.common.SampleInfo)."""
+
+    name: str
+    is_mc: bool
+    primary_dataset: str | None
 
 LUMI_DIR = Path(__file__).resolve().parent.parent / "data" / "lumi"
 STEPS = ("golden_json", "met_filters", "trigger", "jet_veto")
@@ -146,7 +153,7 @@ class EventSelection:
             self.jet_veto = JetVeto(era.jet_veto)
         data = [s for s in samples.values() if not s.is_mc]
         for s in samples.values():
-            pd = getattr(s, "primary_dataset", None)
+            pd = s.primary_dataset
             if pd is not None and s.is_mc:
                 raise ConfigError(f"datasets.{s.name}.primary_dataset: only collision data has a primary dataset")
             if pd is not None and pd not in self.pd_paths:
@@ -218,11 +225,11 @@ class EventSteps:
             return np.ones(n, dtype=bool)
         flav = np.ma.filled(ak.to_numpy(abs(ak.pad_none(leptons.pdgId, 2, axis=1, clip=True))).astype(np.int64), 0)
         if channel == "sl":
-            keys, table = flav[:, 0], {k: v for k, v in SL_GROUPS.items()}
+            keys, table = flav[:, 0], SL_GROUPS
         else:
             pair = np.sort(flav, axis=1)
             keys, table = pair[:, 0] * 100 + pair[:, 1], {a * 100 + b: v for (a, b), v in DL_GROUPS.items()}
-        pd = getattr(self.sample, "primary_dataset", None)
+        pd = self.sample.primary_dataset
         own = self.owner.pd_paths.get(pd)
         higher = set()
         if pd is not None:
