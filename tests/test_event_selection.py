@@ -266,3 +266,13 @@ def test_era_event_section_errors_name_the_key(tmp_path):
         (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
         with warnings.catch_warnings(), pytest.raises(ConfigError, match=message):
             load_era(tmp_path / "bad.yaml")
+
+
+def test_tth_processor_applies_the_same_event_steps(iterative, files):
+    config = write_config(files["dir"], datasets(files, pds=("Muon",))[:1], name="tth.yaml")
+    config = replace(config, processor=replace(config.processor, name="tth"))
+    out = run(config)[0]
+    flow, ref = out["cutflow"]["DataMuon"]["sl"], iterative["cutflow"]["DataMuon"]["sl"]
+    assert list(flow)[:5] == ["all events", "golden_json", "met_filters", "trigger", "jet_veto"]
+    assert all(flow[k] == ref[k] for k in ("golden_json", "met_filters", "trigger", "jet_veto"))
+    assert out["processed_lumis"] == {"DataMuon": iterative["processed_lumis"]["DataMuon"]}
