@@ -59,6 +59,7 @@ class TTHOptions:
 
     ``corrections``: null (default) leaves the jets as in NanoAOD; a mapping (``jets``,
     ``jet_calibration: {method: correctionlib|dnn, model, threads}``) calibrates them first.
+    ``event_selection``: false skips the era's event-level steps (for skims without HLT/Flag branches).
     """
 
     selection: str = "hhbbww_run3"  # object selection (leptons, AK4 jets, b-tag working point)

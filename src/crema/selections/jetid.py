@@ -31,7 +31,7 @@ import numpy as np
 
 TIGHT, TIGHT_LEPVETO = 2, 4
 COLLECTIONS = ("Jet", "FatJet")
-# inputs of the computed ID; each tuple lists alternatives, the first present is used
+# inputs of the computed ID; the multiplicities where the file has them, else nConstituents
 ID_FIELDS = ("eta", "neHEF", "neEmEF", "chHEF", "muEF", "chEmEF")
 MULTIPLICITY_FIELDS = ("chMultiplicity", "neMultiplicity")
 
