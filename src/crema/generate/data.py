@@ -58,24 +58,28 @@ def lumi_sections() -> tuple[np.ndarray, np.ndarray]:
     return np.array(good, dtype=np.uint32), np.array(bad, dtype=np.uint32)
 
 
-def run_lumi(seed: int, first: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Run and lumi-section numbers of events [first, first + n) (a function of the event index only)."""
+def run_lumi(seed: int, first: int, n: int, process: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Run and lumi-section numbers of events [first, first + n) (a function of the event index only).
+
+    The starting lumi section depends on ``seed`` and ``process``, so files of different processes
+    do not share (run, lumi, event) numbers.
+    """
     good, bad = lumi_sections()
     k = (first + np.arange(n, dtype=np.int64)) // EVENTS_PER_LUMI
     uncertified = k % UNCERTIFIED_EVERY == UNCERTIFIED_AT
     n_bad_before = k // UNCERTIFIED_EVERY + (k % UNCERTIFIED_EVERY > UNCERTIFIED_AT)
-    start_good = zlib.crc32(f"good{seed}".encode()) % len(good)
-    start_bad = zlib.crc32(f"bad{seed}".encode()) % len(bad)
+    start_good = zlib.crc32(f"good{process}{seed}".encode()) % len(good)
+    start_bad = zlib.crc32(f"bad{process}{seed}".encode()) % len(bad)
     good_idx = (start_good + k - n_bad_before) % len(good)
     bad_idx = (start_bad + k // UNCERTIFIED_EVERY) % len(bad)
     pairs = np.where(uncertified[:, None], bad[bad_idx], good[good_idx])
     return pairs[:, 0], pairs[:, 1]
 
 
-def as_data(block: Block, rng: np.random.Generator, seed: int, first: int) -> Block:
+def as_data(block: Block, rng: np.random.Generator, seed: int, first: int, process: str = "") -> Block:
     """The collision-data version of a simulated block (see the module docstring)."""
     scalars = {k: v for k, v in block.scalars.items() if not k.startswith(MC_PREFIXES)}
-    scalars["run"], scalars["luminosityBlock"] = run_lumi(seed, first, block.n)
+    scalars["run"], scalars["luminosityBlock"] = run_lumi(seed, first, block.n, process)
     all_ok = np.ones(block.n, dtype=bool)
     for name, rate in DATA_FILTER_FAILURE.items():
         scalars[f"Flag_{name}"] = rng.uniform(size=block.n) >= rate

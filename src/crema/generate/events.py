@@ -145,7 +145,7 @@ def generate_block(process: str, n: int, *, seed: int, block: int, mass: float, 
     if data:
         from .data import as_data
 
-        return as_data(typed, block_rng(seed, process, block, stream=2), seed, first)
+        return as_data(typed, block_rng(seed, process, block, stream=2), seed, first, process)
     return typed
 
 

@@ -73,7 +73,7 @@ def run_and_write(config: Config, outdir: Path, plots: bool = True) -> dict:
         paths = write_outputs(output, config.samples, outdir, report.to_dict())
         if output.get("processed_lumis"):  # dataset -> CMS lumi JSON, the input of brilcalc
             paths["processed_lumis"] = outdir / "processed_lumis.json"
-            paths["processed_lumis"].write_text(json.dumps(output["processed_lumis"], indent=1))
+            paths["processed_lumis"].write_text(json.dumps(output["processed_lumis"]) + "\n")
         if drawn is not None:
             drawn.result()
     n = report.to_dict()["processed_events"]
