@@ -28,7 +28,8 @@ XSEC, LUMI = 923.6, 7.98
 def write_config(tmp_path: Path, files, name="config.yaml", options=None, **executor) -> Path:
     config = {
         "luminosity_fb": LUMI,
-        "processor": {"name": "hhbbww", "options": options or {}},
+        # the real file is a skim without the era's HLT paths: no event-level steps
+        "processor": {"name": "hhbbww", "options": {"event_selection": False, **(options or {})}},
         "executor": {"name": "iterative", "chunksize": 64, "progress": False, **executor},
         "output": str(tmp_path / "out"),
         "datasets": [{"name": "TT", "kind": "background", "process": "ttbar", "xsec_pb": XSEC,

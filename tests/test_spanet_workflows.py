@@ -149,7 +149,8 @@ def tth_config(tmp_path_factory):
         datasets=[Dataset("ttH", "signal", "ttH", xsec_pb=0.0966, generate=GenerateSpec("tth_sl", 1500, seed=61)),
                   Dataset("tt", "background", "ttbar", xsec_pb=269.7, generate=GenerateSpec("tt_sl", 1500, seed=62))],
         luminosity_fb=10.0,
-        processor=ProcessorConfig("tth", {"spanet": {"model": "tth_sl"}}),
+        # the event-level steps are checked in test_event_selection; here the SPANet reconstruction
+        processor=ProcessorConfig("tth", {"spanet": {"model": "tth_sl"}, "event_selection": False}),
     )
     config = config.with_executor(chunksize=700, progress=False)
     return generate_inputs(config, tmp_path_factory.mktemp("tth"))
@@ -292,6 +293,8 @@ def test_hhbbww_takes_its_h_to_bb_jets_from_spanet(tmp_path):
     events = NanoEventsFactory.from_root({config.datasets[0].files[0]: "Events"}, schemaclass=NanoAODSchema, mode="eager").events()
     objs = proc.select(events)
     selection, cuts = sel.channel_selection(objs, "sl", proc.selection.channels["sl"])
+    # the event-level steps (tested in test_event_selection) come first, as in the processor
+    cuts = proc.event_selection.steps(events, config.samples["HH"]).prepend(selection, cuts, objs.leptons, "sl")
     chosen = objs[selection.all(*cuts)]
     h = SPANet(shipped_model("hh_sl"), "hh_sl")(chosen.jets, chosen.met).h
     pair = chosen.jets[h[h >= 0]]

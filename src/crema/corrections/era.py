@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crema.corrections import files
+from crema.corrections.jetveto import JetVetoConfig
 from crema.schema import ConfigError, load
+from crema.selections.event import PrimaryDataset, TriggerConfig, check_event_config
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 ERA_DIR = _PACKAGE / "configs" / "eras"
@@ -218,6 +220,13 @@ class EraConfig:
     pileup: PileupConfig | None = None
     btag_sf: BTagSFConfig | None = None
     lumi_uncertainty: float | None = None  # relative integrated-luminosity uncertainty (crema fit)
+    # event-level selection (crema.selections.event): HLT paths, MET filters, certified lumi
+    # sections (collision data), jet veto map, primary datasets in precedence order
+    triggers: TriggerConfig | None = None
+    met_filters: list[str] = field(default_factory=list)
+    golden_json: str | None = None
+    jet_veto: JetVetoConfig | None = None
+    primary_datasets: list[PrimaryDataset] = field(default_factory=list)
 
     def validate(self) -> None:
         if self.lumi_uncertainty is not None and not 0.0 < self.lumi_uncertainty < 1.0:
@@ -225,6 +234,7 @@ class EraConfig:
         path = resolve_correction_file(self.btag_file)
         if not path.exists():
             raise ConfigError(f"btag_file: {path} does not exist")
+        check_event_config(self)
 
     def path(self, name: str) -> Path:
         """Absolute path of the file held in field ``name``."""

@@ -76,12 +76,13 @@ def block_rng(seed: int, process: str, block: int, stream: int = 0) -> np.random
 
 
 def generate_block(process: str, n: int, *, seed: int, block: int, mass: float, pfnano: bool = False,
-                   theory_weights: bool = True) -> Block:
+                   theory_weights: bool = True, data: bool = False) -> Block:
     """Generate events [block * BLOCK_SIZE, block * BLOCK_SIZE + n) of a process.
 
     With ``pfnano`` the PFNano tables are added from their own random stream, so
     that every other branch is the same as without. ``theory_weights``: write
     ``LHEScaleWeight``, ``LHEPdfWeight`` and ``PSWeight`` (no random numbers drawn).
+    ``data``: collision-data-like (:func:`crema.generate.data.as_data`, from a third random stream).
     """
     spec = PROCESS_SPECS[process]
     rng = block_rng(seed, process, block)
@@ -148,7 +149,12 @@ def generate_block(process: str, n: int, *, seed: int, block: int, mass: float, 
     arrays = _theory_branches(spec, hard) if theory_weights else {}
     if hard.parton is not None:  # EFT: weights at the reweight points relative to the nominal
         arrays["LHEReweightingWeight"] = _eft.reweight_weights(hard.parton).astype(np.float32)
-    return _typed(Block(scalars, colls, arrays), pfnano)
+    typed = _typed(Block(scalars, colls, arrays), pfnano)
+    if data:
+        from .data import as_data
+
+        return as_data(typed, block_rng(seed, process, block, stream=2), seed, first, process)
+    return typed
 
 
 def _theory_branches(spec, hard) -> dict[str, np.ndarray]:
@@ -188,13 +194,14 @@ def generate_blocks(
     n_blocks: int | None = None,
     pfnano: bool = False,
     theory_weights: bool = True,
+    data: bool = False,
 ):
     """Yield the blocks covering ``n_events`` (optionally a sub-range of blocks)."""
     total = -(-n_events // BLOCK_SIZE)
     stop = total if n_blocks is None else min(total, start_block + n_blocks)
     for b in range(start_block, stop):
         yield generate_block(process, min(BLOCK_SIZE, n_events - b * BLOCK_SIZE), seed=seed, block=b, mass=mass,
-                             pfnano=pfnano, theory_weights=theory_weights)
+                             pfnano=pfnano, theory_weights=theory_weights, data=data)
 
 
 def _jagged(counts: np.ndarray, content) -> ak.Array:

@@ -29,6 +29,7 @@ class SampleInfo:
     kind: Literal["signal", "background", "data"]
     process: str
     xsec_pb: float | None = None
+    primary_dataset: str | None = None  # collision data: Muon, EGamma, MuonEG, ... (overlap removal)
 
     @property
     def is_mc(self) -> bool:
@@ -219,12 +220,28 @@ def scale_dataset(h: hist.Hist, dataset: str, factor: float) -> None:
     view.variance[slicer] *= factor**2
 
 
-def normalise_output(out: dict, samples: dict[str, SampleInfo], luminosity_fb: float) -> dict:
+def normalise_output(out: dict, samples: dict[str, SampleInfo], luminosity_fb: float,
+                     generator_sumw: dict[str, float] | None = None) -> dict:
     """Scale each simulated dataset's histograms and weighted cutflow to xsec x luminosity (in place).
 
-    Adds ``cutflow_yield`` (weighted cutflow x scale), ``scale`` and ``luminosity_fb``.
+    ``generator_sumw``: per dataset the Runs-tree ``genEventSumw`` of all its files, used instead of
+    the processed genWeight sum where given. Adds ``cutflow_yield`` (weighted cutflow x scale),
+    ``scale``, ``luminosity_fb``, ``normalisation`` (per simulated dataset: ``method``
+    ``runs_tree`` or ``processed_genweight``, the ``sumw`` used and the ``processed_sumw``) and turns
+    ``processed_lumis`` into CMS lumi JSON per dataset.
     """
-    scales = {ds: normalisation(samples[ds], sumw, luminosity_fb) for ds, sumw in out["sumw"].items()}
+    generator_sumw = generator_sumw or {}
+    sums = {ds: generator_sumw.get(ds, sumw) for ds, sumw in out["sumw"].items()}
+    out["normalisation"] = {
+        ds: {"method": "runs_tree" if ds in generator_sumw else "processed_genweight", "sumw": sums[ds],
+             "processed_sumw": out["sumw"][ds]}
+        for ds in sums if samples[ds].is_mc
+    }
+    if "processed_lumis" in out:
+        from crema.selections.event import lumi_json
+
+        out["processed_lumis"] = {ds: lumi_json(lumis) for ds, lumis in out["processed_lumis"].items()}
+    scales = {ds: normalisation(samples[ds], sumw, luminosity_fb) for ds, sumw in sums.items()}
     for h in out["histograms"].values():
         for ds, factor in scales.items():
             scale_dataset(h, ds, factor)

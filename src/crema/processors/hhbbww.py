@@ -38,6 +38,8 @@ from crema.processors.common import (
 from crema.schema import ConfigError
 from crema.selections import hhbbww as sel
 from crema.selections.config import load_selection
+from crema.selections.event import EventSelection
+from crema.selections.jetid import with_jet_id
 from crema.selections.objects import by_score
 
 
@@ -83,6 +85,7 @@ class HHbbWWOptions:
     ``corrections``: null (default) applies none; a mapping applies the era's corrections.
     ``classifier``: null (default) runs none; ``{model: MODEL_DIR, method: bdt}`` scores each
     selected event with a model of ``crema classifier-train`` (``classifier_score``).
+    ``event_selection``: false skips the era's event-level steps (for skims without HLT/Flag branches).
     """
 
     selection: str = "hhbbww_run3"
@@ -93,6 +96,7 @@ class HHbbWWOptions:
     spanet: SpanetOptions | None = None
     corrections: CorrectionOptions | None = None
     classifier: ClassifierOptions | None = None
+    event_selection: bool = True  # the era's golden JSON, MET filters, triggers and jet veto (false: none)
 
     def validate(self) -> None:
         for ch in self.channels:
@@ -199,6 +203,8 @@ class HHbbWWProcessor(processor.ProcessorABC):
             weight_variations = [*weight_variations, *self.theory.variations]
         self.weight_variations = weight_variations
         self.systematics = [NOMINAL, *(_axis_name(v) for v in self.shape_variations), *weight_variations]
+        self.event_selection = EventSelection(era, samples, options.event_selection)
+        self.generator_sumw: dict[str, float] = {}  # Runs-tree sums of weights, set by the run (postprocess)
 
     def model_outputs(self, exclude: str | None = None) -> dict[str, tuple[str, ...]]:
         """Model outputs this configuration produces (language name -> outputs)."""
@@ -260,6 +266,7 @@ class HHbbWWProcessor(processor.ProcessorABC):
     def required_branches(self, sample: SampleInfo) -> dict[str, str]:
         """Branches this processor reads for ``sample``, each mapped to what needs it."""
         needs = sel.required_branches(self.selection, self.options.met)
+        needs.update(self.event_selection.required_branches(sample))
         if self.hme is not None:
             from crema.models.deephme import FATJET_FIELDS, JET_FIELDS
 
@@ -292,6 +299,7 @@ class HHbbWWProcessor(processor.ProcessorABC):
             "cutflow": {},
             "cutflow_weighted": {},
             "processed": {},
+            "processed_lumis": {},  # dataset -> coffea LumiList (data); CMS lumi JSON after postprocess
             "btag_efficiency": {},  # dataset -> pt x |eta| x flavour x tagged counts (simulation)
             "nonfinite": {},  # branch -> values NaN, inf or outside the physical range
             "undefined": {},  # dataset -> channel -> observable -> selected events without a value (nominal)
@@ -306,7 +314,11 @@ class HHbbWWProcessor(processor.ProcessorABC):
         out["processed"][events.metadata["filename"]] = n
         out["nonfinite"] = count_nonfinite(events, self.required_branches(sample))
 
+        events = with_jet_id(events)  # NanoAODv15 has no jetId: computed from the jet's constituents
         variants = self.correct(events, sample)
+        steps = self.event_selection.steps(variants[NOMINAL], sample)
+        if not sample.is_mc:
+            out["processed_lumis"][dataset] = steps.processed_lumis(events)
         nominal = self.select(variants[NOMINAL])
         weights = self.weights(variants[NOMINAL], sample, nominal)
         out["sumw"][dataset] = sum_of_weights(events, sample)
@@ -319,7 +331,8 @@ class HHbbWWProcessor(processor.ProcessorABC):
             regions = sel.region_masks(objects, self.selection.regions)
             for channel in self.channels:
                 selection, cuts = sel.channel_selection(objects, channel, self.selection.channels[channel])
-                cuts = add_input_steps(selection, cuts, objects.met, weight_ok)
+                cuts = steps.prepend(selection, add_input_steps(selection, cuts, objects.met, weight_ok),
+                                     objects.leptons, channel)
                 if systematic == NOMINAL:
                     fill_cutflow(out, dataset, channel, selection, cuts, weights.weight())
                 mask = selection.all(*cuts)
@@ -351,7 +364,7 @@ class HHbbWWProcessor(processor.ProcessorABC):
         output first, so a run whose chunks were all skipped still gives complete (empty) results.
         """
         out = processor.accumulate([self.empty_output(), accumulator or {}])
-        return normalise_output(out, self.samples, self.luminosity_fb)
+        return normalise_output(out, self.samples, self.luminosity_fb, self.generator_sumw)
 
     # ------------------------------------------------------------------ steps
     def select(self, events: ak.Array, nominal: sel.Objects | None = None) -> sel.Objects:

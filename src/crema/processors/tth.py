@@ -39,6 +39,8 @@ from crema.processors.common import (
 from crema.schema import ConfigError
 from crema.selections import hhbbww as sel
 from crema.selections.config import load_selection
+from crema.selections.event import EventSelection
+from crema.selections.jetid import with_jet_id
 
 NOMINAL = "nominal"
 CHANNEL = "sl"
@@ -62,6 +64,7 @@ class TTHOptions:
 
     ``corrections``: null (default) leaves the jets as in NanoAOD; a mapping (``jets``,
     ``jet_calibration: {method: correctionlib|dnn, model, threads}``) calibrates them first.
+    ``event_selection``: false skips the era's event-level steps (for skims without HLT/Flag branches).
     """
 
     selection: str = "hhbbww_run3"  # object selection (leptons, AK4 jets, b-tag working point)
@@ -70,6 +73,7 @@ class TTHOptions:
     cuts: TTHCuts = field(default_factory=TTHCuts)
     spanet: SpanetOptions = field(default_factory=SpanetOptions)
     corrections: JetCorrectionOptions | None = None
+    event_selection: bool = True  # the era's golden JSON, MET filters, triggers and jet veto (false: none)
 
 
 REGIONS = ("inclusive", "ge3b")
@@ -135,10 +139,13 @@ class TTHProcessor(processor.ProcessorABC):
                               f"and the classification EVENT/signal (the event file has {sorted(particles)})")
         corrections = options.corrections
         self.jet_corrector = corrections.jet_corrector(era, "processor.options.corrections") if corrections else None
+        self.event_selection = EventSelection(era, samples, options.event_selection)
+        self.generator_sumw: dict[str, float] = {}  # Runs-tree sums of weights, set by the run (postprocess)
 
     def required_branches(self, sample: SampleInfo) -> dict[str, str]:
         """Branches this processor reads for ``sample``, each mapped to what needs it."""
         needs = sel.required_branches(self.selection, self.options.met)
+        needs.update(self.event_selection.required_branches(sample))
         for tag in self.spanet.tags.values():
             if isinstance(tag, str):
                 needs[f"Jet_{tag}"] = "SPANet jet inputs"
@@ -153,7 +160,7 @@ class TTHProcessor(processor.ProcessorABC):
         """The output of a run over no events."""
         return {
             "histograms": book(self.hist_specs, list(self.samples), [CHANNEL], list(REGIONS), [NOMINAL]),
-            "sumw": {}, "nevents": {}, "cutflow": {}, "cutflow_weighted": {}, "processed": {},
+            "sumw": {}, "nevents": {}, "cutflow": {}, "cutflow_weighted": {}, "processed": {}, "processed_lumis": {},
             "nonfinite": {}, "undefined": {},  # as the HH->bbWW processor's
         }
 
@@ -168,10 +175,14 @@ class TTHProcessor(processor.ProcessorABC):
         weight = (np.asarray(ak.to_numpy(events.genWeight), dtype=np.float64) if sample.is_mc else np.ones(n))
         out["sumw"][dataset] = sum_of_weights(events, sample)
 
-        events = correct_events(self.jet_corrector, events, [], self.options.met)[NOMINAL]
+        events = correct_events(self.jet_corrector, with_jet_id(events), [], self.options.met)[NOMINAL]
+        steps = self.event_selection.steps(events, sample)
+        if not sample.is_mc:
+            out["processed_lumis"][dataset] = steps.processed_lumis(events)
         objects = sel.select_objects(events, self.selection, self.btag_threshold, self.options.met)
-        selection, cuts = self.event_selection(objects)
-        cuts = add_input_steps(selection, cuts, objects.met, finite_weights(weight))
+        selection, cuts = self.channel_cuts(objects)
+        cuts = steps.prepend(selection, add_input_steps(selection, cuts, objects.met, finite_weights(weight)),
+                             objects.leptons, CHANNEL)
         fill_cutflow(out, dataset, CHANNEL, selection, cuts, weight)
         mask = selection.all(*cuts)
         chosen = objects[mask]
@@ -185,10 +196,10 @@ class TTHProcessor(processor.ProcessorABC):
     def postprocess(self, accumulator: dict[str, Any]) -> dict[str, Any]:
         """Scale each simulated dataset to xsec x luminosity / sum of genWeight."""
         out = processor.accumulate([self.empty_output(), accumulator or {}])
-        return normalise_output(out, self.samples, self.luminosity_fb)
+        return normalise_output(out, self.samples, self.luminosity_fb, self.generator_sumw)
 
     # ------------------------------------------------------------------ steps
-    def event_selection(self, objects: sel.Objects) -> tuple[PackedSelection, list[str]]:
+    def channel_cuts(self, objects: sel.Objects) -> tuple[PackedSelection, list[str]]:
         """The cutflow: lepton count, tight leading lepton above threshold, jets, b-tags."""
         c = self.options.cuts
         leptons = objects.leptons

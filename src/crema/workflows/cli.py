@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import shutil
 import sys
 import time
@@ -89,6 +90,9 @@ def run_and_write(config: Config, outdir: Path, plots: bool = True, resume: bool
             from crema.workflows.eft_outputs import write_eft_outputs
 
             paths.update(write_eft_outputs(output, config.samples, outdir))
+        if output.get("processed_lumis"):  # dataset -> CMS lumi JSON, the input of brilcalc
+            paths["processed_lumis"] = outdir / "processed_lumis.json"
+            paths["processed_lumis"].write_text(json.dumps(output["processed_lumis"]) + "\n")
         if drawn is not None:
             drawn.result()
     shutil.rmtree(outdir / CHECKPOINT, ignore_errors=True)
@@ -122,9 +126,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     if args.process not in PROCESSES:
         raise ConfigError(f"unknown process {args.process!r} (known: {', '.join(PROCESSES)})")
-    path = write_nanoaod(args.output, args.process, args.events, seed=args.seed, mass=args.mass, pfnano=args.pfnano)
+    path = write_nanoaod(args.output, args.process, args.events, seed=args.seed, mass=args.mass, pfnano=args.pfnano,
+                         data=args.data)
     tables = " with PFNano constituents" if args.pfnano else ""
-    console.print(f"wrote {args.events} {args.process} events{tables} to {path}")
+    kind = " collision-data-like" if args.data else ""
+    console.print(f"wrote {args.events}{kind} {args.process} events{tables} to {path}")
 
 
 def cmd_btag_eff(args: argparse.Namespace) -> None:
@@ -233,6 +239,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--mass", type=float, default=800.0, help="resonance mass for hh_* (GeV)")
     g.add_argument("--pfnano", action="store_true",
                    help="also write PFNano tables: AK4 jet constituents (PFCands, JetPFCands) and secondary vertices (SV, JetSVs)")
+    g.add_argument("--data", action="store_true",
+                   help="collision-data-like: 2022 C-D runs (10%% of lumi sections outside the golden JSON), "
+                        "no generator branches, data MET-filter rates")
     g.set_defaults(func=cmd_generate)
 
     b = sub.add_parser("btag-eff", help="b-tag efficiency maps (pt x |eta| x flavour) from simulation, as correctionlib JSON")

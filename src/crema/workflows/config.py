@@ -39,6 +39,7 @@ class Dataset:
     generate: GenerateSpec | None = None
     mass: float | None = None  # signal mass hypothesis in GeV (crema fit --scan)
     eft_points: str | None = None  # EFTReweightPoints JSON for files without it (the gridpack's reweight card)
+    primary_dataset: str | None = None  # collision data: the CMS primary dataset (era primary_datasets)
 
     def validate(self) -> None:
         if self.mass is not None and (self.kind != "signal" or self.mass <= 0):
@@ -49,12 +50,14 @@ class Dataset:
             EFTPoints.from_json(self.eft_points, "eft_points")
         if self.kind != "data" and self.xsec_pb is None:
             raise ConfigError("xsec_pb: simulated datasets need a cross section in pb")
+        if self.kind != "data" and self.primary_dataset is not None:
+            raise ConfigError("primary_dataset: only collision data (kind: data) has a primary dataset")
         if not self.files and self.generate is None:
             raise ConfigError("files: no input files given")
 
     @property
     def sample(self) -> SampleInfo:
-        return SampleInfo(self.name, self.kind, self.process, self.xsec_pb)
+        return SampleInfo(self.name, self.kind, self.process, self.xsec_pb, self.primary_dataset)
 
 
 @dataclass(frozen=True)
@@ -147,9 +150,16 @@ class Config:
 
 
 def expand_files(dataset: Dataset) -> list[str]:
-    """Expand the dataset's globs; a pattern that matches nothing is an error naming it."""
+    """Expand the dataset's globs; a pattern that matches nothing is an error naming it.
+
+    A ``.json`` entry is a coffea dataset-tools fileset (``{dataset: {"files": {path: treename}}}``);
+    the files of the entry named like this dataset are taken.
+    """
     files: list[str] = []
     for pattern in dataset.files:
+        if pattern.endswith(".json") and "://" not in pattern:
+            files.extend(fileset_json_files(pattern, dataset))
+            continue
         if "://" in pattern:  # remote (xrootd, https): taken as is
             files.append(pattern)
             continue
@@ -158,6 +168,28 @@ def expand_files(dataset: Dataset) -> list[str]:
             raise ConfigError(f"datasets.{dataset.name}.files: {pattern!r} matches no file")
         files.extend(matches)
     return files
+
+
+def fileset_json_files(path: str, dataset: Dataset) -> list[str]:
+    """The files of ``dataset`` in a coffea fileset JSON (their tree must be the dataset's ``treename``)."""
+    import json
+
+    where = f"datasets.{dataset.name}.files"
+    try:
+        fileset = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{where}: cannot read fileset JSON {path!r} ({err})") from None
+    entry = fileset.get(dataset.name) if isinstance(fileset, dict) else None
+    if not isinstance(entry, dict) or not isinstance(entry.get("files"), (dict, list)):
+        known = ", ".join(sorted(fileset)) if isinstance(fileset, dict) else "not a mapping"
+        raise ConfigError(f"{where}: {path} has no dataset {dataset.name!r} with files (it has: {known})")
+    files = entry["files"]
+    if isinstance(files, dict):
+        wrong = [f for f, tree in files.items() if (tree or dataset.treename) != dataset.treename]
+        if wrong:
+            raise ConfigError(f"{where}: {wrong[0]} in {path} names tree {files[wrong[0]]!r}, "
+                              f"the dataset reads {dataset.treename!r}")
+    return list(files)
 
 
 def _absolute(dataset: Dataset, base: Path) -> Dataset:

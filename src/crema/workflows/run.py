@@ -33,6 +33,7 @@ from crema.processors.ttbar_eft import TTbarEFTOptions, TTbarEFTProcessor
 from crema.histograms import io as store
 from crema.schema import ConfigError, from_dict
 from crema.workflows.config import Config, ExecutorConfig, JobQueue, expand_files
+from crema.selections.jetid import resolve_needs, version_hint
 
 # processor name -> (options schema, how to build it from options and the whole config)
 PROCESSORS: dict[str, tuple[type, Any]] = {
@@ -272,11 +273,15 @@ def preflight(config: Config, proc: processor.ProcessorABC) -> tuple[dict[str, A
                     report.bad_entries[path] = entries
                 del files[path]
                 continue
-            missing = sorted(set(needs) - branches)
+            file_needs, notices = resolve_needs(needs, branches)  # NanoAODv15: jet ID from its inputs
+            for notice in notices:
+                warnings.warn(f"{path}: {notice}", stacklevel=2)
+            missing = sorted(set(file_needs) - branches)
             if missing:
                 b = missing[0]
                 more = f" (and {len(missing) - 1} more: {', '.join(missing[1:4])}...)" if len(missing) > 1 else ""
-                raise InputError(f"{path}: branch {b!r} is missing; it is needed by {needs[b]}{more}")
+                raise InputError(f"{path}: branch {b!r} is missing; it is needed by {file_needs[b]}{more}"
+                                 f"{version_hint(branches)}")
             for b in sorted(set(optional) - branches):
                 log.warning("%s (dataset %s): no branch %r, so these are left out: %s", path, dataset.name, b, optional[b])
     return fileset, report
@@ -558,6 +563,11 @@ def run(config: Config, proc: processor.ProcessorABC | None = None, *, checkpoin
     """
     proc = build_processor(config) if proc is None else proc
     fileset, report = preflight(config, proc)
+    if hasattr(proc, "generator_sumw"):  # simulation normalised with the Runs trees of all files
+        from crema.workflows.normalisation import runs_tree_sums
+
+        proc.generator_sumw = runs_tree_sums(config)
+
     with contextlib.ExitStack() as stack:
         if checkpoint is None:
             checkpoint = stack.enter_context(tempfile.TemporaryDirectory(prefix="crema-checkpoint-"))
@@ -652,7 +662,7 @@ def _run_chunks(config: Config, proc, fileset, report: RunReport, chunk_dir: Pat
         raise RunFailed(report.error, report)
     merged = processor.accumulate(store.load(chunk_dir / f"{k}.npz") for k in keys if k in done)
     output = proc.postprocess(merged if merged is not None else {})
-    for name in ("nonfinite", "undefined"):
+    for name in ("nonfinite", "undefined", "normalisation"):
         if isinstance(output, dict) and name in output:
             report.extra[name] = output[name]
     return output

@@ -1,0 +1,81 @@
+"""Run 3 jet veto maps: reject events with a jet in a detector region JME marks as bad.
+
+The jets considered are the ones JME recommends for the veto (https://cms-jerc.web.cern.ch/Recommendations/
+#jet-veto-maps): pt > 15 GeV, tight jet ID, charged + neutral electromagnetic fraction < 0.9 and no
+PF muon within dR < 0.2. An event is vetoed if any such jet lies where the map is non-zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import awkward as ak
+import numpy as np
+
+from crema.corrections import files
+from crema.schema import ConfigError
+
+VETO_INPUTS = {"type", "eta", "phi"}
+
+
+@dataclass(frozen=True)
+class JetVetoConfig:
+    """The veto map (``file``, ``correction``, map ``type``) and the jets it is applied to."""
+
+    file: str
+    correction: str
+    type: str = "jetvetomap"
+    pt_min: float = 15.0
+    jet_id_mask: int = 2  # tight
+    em_fraction_max: float = 0.9  # chEmEF + neEmEF
+    muon_dr_min: float = 0.2  # PF muons
+
+    def validate(self) -> None:
+        from crema.corrections.era import resolve_correction_file
+
+        info = files.summary(resolve_correction_file(self.file)).require(self.correction, "correction")
+        files.require_inputs(info, VETO_INPUTS, "correction")
+        files.require_category(info, "type", self.type, "type")
+        if self.pt_min < 0 or self.muon_dr_min < 0:
+            raise ConfigError("pt_min, muon_dr_min: must be >= 0")
+
+
+class JetVeto:
+    """Evaluates one veto map on NanoEvents (built once per processor; the correction set per process)."""
+
+    BRANCHES = ("Jet_pt", "Jet_eta", "Jet_phi", "Jet_jetId", "Jet_chEmEF", "Jet_neEmEF",
+                "Muon_eta", "Muon_phi", "Muon_isPFcand")
+
+    def __init__(self, config: JetVetoConfig) -> None:
+        from crema.corrections.era import resolve_correction_file
+
+        self.config = config
+        self.path = resolve_correction_file(config.file)
+        self.ranges = files.input_ranges(files.summary(self.path).require(config.correction, "correction"),
+                                         {"type": config.type})
+
+    def veto_jets(self, jets: ak.Array, muons: ak.Array) -> ak.Array:
+        """Mask of the jets the veto map is applied to (JME's selection, see the module docstring)."""
+        c = self.config
+        pf_muons = muons[muons.isPFcand]
+        near_muon = ak.any(jets.metric_table(pf_muons) < c.muon_dr_min, axis=2)
+        return ((jets.pt > c.pt_min) & ((jets.jetId & c.jet_id_mask) == c.jet_id_mask)
+                & (jets.chEmEF + jets.neEmEF < c.em_fraction_max) & ~near_muon)
+
+    def in_vetoed_region(self, eta: np.ndarray, phi: np.ndarray) -> np.ndarray:
+        """Whether each (eta, phi) lies in a vetoed region (map value non-zero)."""
+        corr = files.correction_set(self.path)[self.config.correction]
+        eta = files.clip(np.asarray(eta, dtype=np.float64), self.ranges.get("eta"))
+        phi = files.clip(np.asarray(phi, dtype=np.float64), self.ranges.get("phi"))
+        return corr.evaluate(self.config.type, eta, phi) != 0
+
+    def passes(self, jets: ak.Array, muons: ak.Array) -> np.ndarray:
+        """Per event: True when no selected jet lies in a vetoed region."""
+        selected = jets[self.veto_jets(jets, muons)]
+        flat_eta = ak.to_numpy(ak.flatten(selected.eta))
+        flat_phi = ak.to_numpy(ak.flatten(selected.phi))
+        vetoed = ak.unflatten(self.in_vetoed_region(flat_eta, flat_phi), ak.num(selected, axis=1))
+        return ~ak.to_numpy(ak.any(vetoed, axis=1))
+
+
+__all__ = ["JetVeto", "JetVetoConfig"]
