@@ -34,12 +34,14 @@ def rewrite(src: Path, dst: Path, change) -> Path:
     flat = {}
     for name, array in arrays.items():
         coll, _, field = name.partition("_")
-        if name[1:] in collections:  # the counter: mktree writes it
+        if name[1:] in collections or (name.startswith("n") and name[1:] in arrays):  # a counter: mktree writes it
             continue
         if coll in collections and array.ndim == 2:
             values = ak.to_numpy(ak.flatten(array)).copy()
             change(name, values)
             groups[coll][field] = ak.unflatten(values, ak.num(array))
+        elif array.ndim == 2:  # a per-event vector of its own (LHEScaleWeight, PSWeight, ...): kept as is
+            flat[name] = array
         else:
             values = ak.to_numpy(array).copy()
             change(name, values)
@@ -104,7 +106,8 @@ def config_file(tmp: Path, files: list[Path], options: dict, name: str, kind: st
     if kind != "data":
         dataset["xsec_pb"] = 1.0
     config = {"luminosity_fb": 10.0, "output": str(tmp / "out"), "datasets": [dataset],
-              "processor": {"name": "hhbbww", "options": options},
+              # the era's event-level steps (triggers, MET filters, jet veto) are tested on their own
+              "processor": {"name": "hhbbww", "options": {"event_selection": False, **options}},
               "executor": {"name": "iterative", "chunksize": 100, "progress": False}}
     path = tmp / name
     path.write_text(yaml.safe_dump(config))

@@ -199,8 +199,11 @@ def corrupt(dst: Path, compression, basket: int) -> tuple[str, int, int]:
 
 def good_chunk_output(config_path: Path, skip: tuple[str, int]) -> dict:
     """The processor's output over every chunk but ``skip`` (file, entry start), merged in config order."""
+    from crema.workflows.normalisation import runs_tree_sums
+
     config = load_config(config_path)
     proc = build_processor(config)
+    proc.generator_sumw = runs_tree_sums(config)  # as run() does: the Runs tree normalises simulation
     parts = []
     for d in config.datasets:
         path = d.files[0]

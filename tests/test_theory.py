@@ -57,7 +57,7 @@ def test_generator_writes_the_nanoaod_conventions(files):
 def _config(tmp, path, name):
     config = {"luminosity_fb": 10.0, "output": str(tmp / "out"),
               "datasets": [{"name": "TT", "kind": "background", "process": "ttbar", "xsec_pb": 1.0, "files": [str(path)]}],
-              "processor": {"name": "hhbbww", "options": {
+              "processor": {"name": "hhbbww", "options": {"event_selection": False,
                   "corrections": {"jets": False, "weights": False, "systematics": True, "theory": THEORY}}},
               "executor": {"name": "iterative", "chunksize": 100_000, "progress": False}}
     (tmp / name).write_text(yaml.safe_dump(config))

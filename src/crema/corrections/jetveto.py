@@ -13,6 +13,7 @@ import awkward as ak
 import numpy as np
 
 from crema.corrections import files
+from crema.physical import physical_kinematics
 from crema.schema import ConfigError
 
 VETO_INPUTS = {"type", "eta", "phi"}
@@ -59,15 +60,17 @@ class JetVeto:
         c = self.config
         pf_muons = muons[muons.isPFcand]
         near_muon = ak.any(jets.metric_table(pf_muons) < c.muon_dr_min, axis=2)
-        return ((jets.pt > c.pt_min) & ((jets.jetId & c.jet_id_mask) == c.jet_id_mask)
+        # a jet with unphysical kinematics is dropped by every object selection, so it vetoes nothing
+        return (physical_kinematics(jets) & (jets.pt > c.pt_min) & ((jets.jetId & c.jet_id_mask) == c.jet_id_mask)
                 & (jets.chEmEF + jets.neEmEF < c.em_fraction_max) & ~near_muon)
 
     def in_vetoed_region(self, eta: np.ndarray, phi: np.ndarray) -> np.ndarray:
         """Whether each (eta, phi) lies in a vetoed region (map value non-zero)."""
         corr = files.correction_set(self.path)[self.config.correction]
-        eta = files.clip(np.asarray(eta, dtype=np.float64), self.ranges.get("eta"))
-        phi = files.clip(np.asarray(phi, dtype=np.float64), self.ranges.get("phi"))
-        return corr.evaluate(self.config.type, eta, phi) != 0
+        values = files.evaluate(corr, [self.config.type, np.asarray(eta, dtype=np.float64),
+                                       np.asarray(phi, dtype=np.float64)],
+                                [None, self.ranges.get("eta"), self.ranges.get("phi")])
+        return values != 0  # NaN (a non-finite position) counts as vetoed
 
     def passes(self, jets: ak.Array, muons: ak.Array) -> np.ndarray:
         """Per event: True when no selected jet lies in a vetoed region."""

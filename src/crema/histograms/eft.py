@@ -21,6 +21,7 @@ import hist
 import numba
 import numpy as np
 
+from crema.histograms.io import register
 from crema.schema import ConfigError
 
 MAX_CONDITION = 1e8  # above this the design matrix of the reweight points is called degenerate
@@ -222,6 +223,7 @@ def _axis_from_state(s: dict):
                               overflow=s["overflow"])
 
 
+@register("crema.EFTHist")  # storable in run checkpoints (crema.histograms.io), no pickle
 class EFTHist:
     """A histogram of quadratic EFT yields: ``hist`` axes plus a hidden term axis.
 

@@ -299,7 +299,7 @@ class HHbbWWProcessor(processor.ProcessorABC):
             "cutflow": {},
             "cutflow_weighted": {},
             "processed": {},
-            "processed_lumis": {},  # dataset -> coffea LumiList (data); CMS lumi JSON after postprocess
+            "processed_lumis": {},  # dataset -> set of (run, lumi) (data); CMS lumi JSON after postprocess
             "btag_efficiency": {},  # dataset -> pt x |eta| x flavour x tagged counts (simulation)
             "nonfinite": {},  # branch -> values NaN, inf or outside the physical range
             "undefined": {},  # dataset -> channel -> observable -> selected events without a value (nominal)
@@ -322,7 +322,8 @@ class HHbbWWProcessor(processor.ProcessorABC):
         nominal = self.select(variants[NOMINAL])
         weights = self.weights(variants[NOMINAL], sample, nominal)
         out["sumw"][dataset] = sum_of_weights(events, sample)
-        weight_ok = finite_weights(weights.weight(), (weights.weight(v) for v in self.weight_variations))
+        weight_ok = finite_weights(weights.weight(), (weights.weight(v) for v in self.weight_variations
+                                                      if v in weights.variations))  # a theory branch may be absent
 
         passed_any = np.zeros(n, dtype=bool)  # events passing some channel (nominal)
         for systematic, corrected in variants.items():

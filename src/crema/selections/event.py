@@ -259,18 +259,25 @@ class EventSteps:
         return names + list(cuts)
 
     def processed_lumis(self, events: ak.Array):
-        """coffea ``LumiList`` of the chunk's lumi sections that pass the golden JSON (None for simulation)."""
+        """The chunk's (run, lumi) sections that pass the golden JSON, as a set (None for simulation).
+
+        A plain set of int pairs: coffea's accumulate takes the union over chunks, and crema's
+        checkpoint store keeps it without pickle.
+        """
         if self.sample.is_mc:
             return None
-        from coffea.lumi_tools import LumiList
-
         keep = self.masks.get("golden_json", np.ones(len(events), dtype=bool))
-        return LumiList(ak.to_numpy(events.run)[keep], ak.to_numpy(events.luminosityBlock)[keep], delayed=False)
+        pairs = np.unique(np.stack([ak.to_numpy(events.run)[keep], ak.to_numpy(events.luminosityBlock)[keep]], axis=1)
+                          .astype(np.int64), axis=0)
+        return {(int(r), int(ls)) for r, ls in pairs}
 
 
 def lumi_json(lumis) -> dict[str, list[list[int]]]:
-    """A ``LumiList`` (or (N, 2) run/lumi array) as compact CMS lumi JSON ``{run: [[first, last], ...]}``."""
-    array = getattr(lumis, "array", lumis)
+    """A set of (run, lumi) pairs, a ``LumiList`` or an (N, 2) run/lumi array as compact CMS lumi JSON
+    ``{run: [[first, last], ...]}``."""
+    array = sorted(lumis) if isinstance(lumis, (set, frozenset)) else getattr(lumis, "array", lumis)
+    if len(array) == 0:
+        return {}
     pairs = np.unique(np.asarray(array, dtype=np.int64).reshape(-1, 2), axis=0)
     out: dict[str, list[list[int]]] = {}
     for run in np.unique(pairs[:, 0]):
