@@ -186,6 +186,7 @@ def load_table(path: str | Path, config: TrainConfig):
 def train(features_path: str | Path, outdir: str | Path, config: TrainConfig,
           log: Callable[[str], None] = lambda s: None) -> dict:
     """Train every term x replica, filter replicas, export ``ml4eft.onnx``; returns the metadata written."""
+    config.validate()
     torch.set_num_threads(config.threads)
     start = time.perf_counter()
     table = load_table(features_path, config)
