@@ -360,6 +360,18 @@ def _print_intervals(result: dict) -> None:
                                                             for lvl, (lo, hi) in levels.items()))
 
 
+def cmd_eft_report(args: argparse.Namespace) -> None:
+    _require_torch()
+    from crema.workflows.ml4eft import report
+
+    start = time.perf_counter()
+    result = report(args.output, args.model, args.parton, events=args.events, seed=args.seed,
+                    plots=not args.no_plots, log=console.print)
+    for name, g in result["goals"].items():
+        console.print(f"  {name:40s} {g['value']:.4f}  (target {g['target']}: {'met' if g['met'] else 'NOT met'})")
+    console.print(f"wrote {Path(args.output) / 'eft_report.json'} in {time.perf_counter() - start:.0f} s")
+
+
 def _eft_commands(sub) -> None:
     e = sub.add_parser("eft-fit", help="binned EFT intervals (Asimov SM data) from a ttbar_eft run's templates")
     e.add_argument("run_dir", help="run folder with eft_templates.root")
@@ -382,6 +394,15 @@ def _eft_commands(sub) -> None:
     t.add_argument("--epochs", type=int, help="override max_epochs")
     t.add_argument("--threads", type=int, help="override threads")
     t.set_defaults(func=cmd_eft_train)
+
+    r = sub.add_parser("eft-report", help="ML4EFT networks vs analytic truth and binned fits on fresh held-out events")
+    r.add_argument("model", nargs="?", help="model folder trained on the reco features (reco and replicas sections)")
+    r.add_argument("--parton", metavar="MODEL_DIR", help="model folder trained on m_tt, y_tt, cos_theta_star (parton section)")
+    r.add_argument("-o", "--output", required=True, help="folder for eft_report.json, plots and the held-out run")
+    r.add_argument("--events", type=int, default=100_000, help="generated held-out events (default: 100000)")
+    r.add_argument("--seed", type=int, default=9001, help="generator seed of the held-out events (default: 9001)")
+    r.add_argument("--no-plots", action="store_true")
+    r.set_defaults(func=cmd_eft_report)
 
 
 def _calibration_commands(sub) -> None:
