@@ -231,3 +231,14 @@ def test_unbinned_fit_on_held_out_events(eft_run):
         lo, hi = saved["intervals"][wc]["fixed"]["95"]
         assert lo < 0 < hi and saved["intervals"][wc]["profiled"]["68"][1] < saved["intervals"][wc]["profiled"]["95"][1]
     assert set(result["contour"]) >= {"x", "y", "delta_nll2"}
+
+
+def test_train_command_without_torch_exits_2(monkeypatch, capsys, tmp_path):
+    import sys
+
+    from crema.workflows.cli import main
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch raises ImportError
+    assert main(["eft-train", str(tmp_path / "f.parquet"), "-o", str(tmp_path / "m")]) == 2
+    assert "install crema[train]" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

@@ -327,8 +327,8 @@ class TTbarEFTProcessor(processor.ProcessorABC):
         out["eft_histograms"][dataset] = self.fill(feats, coef[mask], channel[mask], weights, mask)
         if self.options.features:
             key = f"{events.metadata['filename']}:{events.metadata['entrystart']:012d}"
-            table = {**{k: v for k, v in feats.items() if not k.startswith("nn_")}, "weight": weights.weight()[mask], "event": np.asarray(ak.to_numpy(events.event[mask])),
-                     "channel": channel[mask].astype("U4")}
+            table = {**{k: v for k, v in feats.items() if not k.startswith("nn_")}, "weight": weights.weight()[mask],
+                     "event": np.asarray(ak.to_numpy(events.event[mask])), "channel": channel[mask].astype("U4")}
             table.update({f"coef_{t}": coef[mask][:, i] for i, t in enumerate(term_names(self.wc_names))})
             out["features"][dataset] = [(key, table)]
         return out

@@ -128,11 +128,7 @@ def report(outdir: str | Path, reco_model: str | Path | None = None, parton_mode
     run_dir = _generate_run(outdir / "heldout", events, seed, Path(reco_model).resolve() if reco_model else None, log)
     result: dict = {"events_generated": events, "seed": seed, "luminosity_fb": REPORT_LUMINOSITY_FB, "goals": {}}
     if parton_model is not None:
-        table = held_out_events(run_dir, parton_model)
-        model = ML4EFTModel(parton_model)
-        wc = model.wc_names
-        w = table["weight"].to_numpy(np.float64)
-        nn = model.term_values(table)
+        table, wc, w, nn = _evaluate(run_dir, parton_model)
         truth = observed_coefficients(table["m_tt"].to_numpy(), table["cos_theta_star"].to_numpy())[:, 1:]
         names = term_names(wc)[1:]
         corr = {c: float(np.corrcoef(nn[:, names.index(f"lin_{c}")], truth[:, names.index(f"lin_{c}")])[0, 1])
@@ -153,11 +149,7 @@ def report(outdir: str | Path, reco_model: str | Path | None = None, parton_mode
             _plot_parton(nn, truth, names, wc, outdir)
         log("parton section done")
     if reco_model is not None:
-        table = held_out_events(run_dir, reco_model)
-        model = ML4EFTModel(reco_model)
-        wc = model.wc_names
-        w = table["weight"].to_numpy(np.float64)
-        nn_terms = model.term_values(table)
+        table, wc, w, nn_terms = _evaluate(run_dir, reco_model)
         binned_2d = _fixed_intervals(load_model(run_dir, ["pt_ll_eta_l1"], wc))
         nn_binned = {c: _fixed_intervals(load_model(run_dir, [f"nn_{c}"], wc))[c] for c in wc}
         sec = {"events": int(len(table)), "intervals": {"nn": _fixed_intervals(unbinned_model(nn_terms, w, wc)),
@@ -176,6 +168,13 @@ def report(outdir: str | Path, reco_model: str | Path | None = None, parton_mode
         _plot_intervals(result, outdir)
     (outdir / "eft_report.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def _evaluate(run_dir: Path, model_dir):
+    """Held-out events of the run for ``model_dir``: (table, wc_names, normalised weights, NN terms)."""
+    table = held_out_events(run_dir, model_dir)
+    model = ML4EFTModel(model_dir)
+    return table, model.wc_names, table["weight"].to_numpy(np.float64), model.term_values(table)
 
 
 def _replica_section(model_dir, table, w, wc) -> dict:
