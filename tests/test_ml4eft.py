@@ -81,7 +81,8 @@ def test_outlier_filter_on_planted_bad_replicas():
     low = np.concatenate([[0.5], good])
     keep = select_replicas(low, gain=0.05)
     assert not keep[0] and keep[1:].all()
-    assert not select_replicas([1.0, 1.0, np.nan, 1.0])[2]
+    assert not select_replicas([1.0, 1.0, np.nan, 1.0, 1.0, 1.0])[2]
+    assert select_replicas([1.0, 1.0, 1.5]).all()  # too few replicas to tell an outlier
 
 
 def _ensemble(n_in, reps, seed=0):

@@ -28,6 +28,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "ml4eft"
 METADATA = "ml4eft.json"
 ONNX_FILE = "ml4eft.onnx"
 REPLICA_DIR = "replicas"
+MIN_REPLICAS_FILTER = 5  # below this a median absolute deviation says nothing (3 replicas: MAD of one value)
 
 
 @dataclass(frozen=True)
@@ -122,12 +123,13 @@ def select_replicas(losses, n_sigma: float = 4.0, gain: float = 0.0) -> np.ndarr
     Otherwise replicas further than ``n_sigma`` sigma from the median are rejected.  sigma is the
     largest of the low group's standard deviation, 1.4826 x the median absolute deviation and 1% of
     ``gain`` (how much the median replica improves on a constant ratio): differences far below what
-    the networks learned are not outliers.
+    the networks learned are not outliers.  With fewer than :data:`MIN_REPLICAS_FILTER` finite losses
+    no spread can be estimated and only non-finite losses are rejected.
     """
     x = np.asarray(losses, dtype=np.float64)
     keep = np.isfinite(x)
     v = x[keep]
-    if len(v) < 3:
+    if len(v) < MIN_REPLICAS_FILTER:
         return keep
     med = np.median(v)
     floor = max(1.4826 * np.median(np.abs(v - med)), 0.01 * abs(gain), 1e-12 * abs(med))
