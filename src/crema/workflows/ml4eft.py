@@ -179,16 +179,14 @@ def _evaluate(run_dir: Path, model_dir):
 
 def _replica_section(model_dir, table, w, wc) -> dict:
     """Trained and rejected replicas per term, and the relative spread (std / mean) of the unbinned 95%
-    interval width over the kept replicas (each replica's networks used for every term)."""
+    interval width over all trained replicas (replica k: the k-th network of every term)."""
     from crema.models.ml4eft_train import replica_terms
 
     meta = read_metadata(model_dir)
     per_rep = replica_terms(model_dir, ML4EFTModel(model_dir).matrix(table))
-    rejected = set().union(*(set(r["rejected"]) for r in meta["replicas"].values()))
-    kept = [k for k in range(per_rep.shape[0]) if k not in rejected]
     widths = {c: [] for c in wc}
-    for k in kept:
-        iv = _fixed_intervals(unbinned_model(per_rep[k], w, wc))
+    for terms in per_rep:
+        iv = _fixed_intervals(unbinned_model(terms, w, wc))
         for c in wc:
             widths[c].append(_width(iv[c]))
     return {"trained": {t: r["trained"] for t, r in meta["replicas"].items()},
