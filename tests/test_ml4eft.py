@@ -174,7 +174,7 @@ def eft_run(tmp_path_factory):
     from crema.workflows.run import run
 
     tmp = tmp_path_factory.mktemp("ml4eft")
-    path = write_nanoaod(tmp / "tt_eft.root", "tt_dl_eft", 3000, seed=8)
+    path = write_nanoaod(tmp / "tt_eft.root", "tt_dl_eft", 2000, seed=8)
 
     def run_with(options: str, outdir):
         cfg = tmp / f"{outdir}.yaml"

@@ -50,7 +50,7 @@ class TrainConfig:
     hidden: list[int] = field(default_factory=lambda: [100, 100, 100])
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
-    batch_size: int = 4096
+    batch_size: int = 512
     max_epochs: int = 200
     patience: int = 20
     validation_fraction: float = 0.2
