@@ -51,8 +51,8 @@ class TrainConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     batch_size: int = 512
-    max_epochs: int = 200
-    patience: int = 20
+    max_epochs: int = 100
+    patience: int = 10
     validation_fraction: float = 0.2
     replicas: int = 5
     outlier_sigma: float = 4.0
