@@ -221,8 +221,8 @@ def train(features_path: str | Path, outdir: str | Path, config: TrainConfig,
         constant = constant_ratio_loss(w_sm_t[val_idx], w_eft_t[val_idx], config.loss)
         keep = select_replicas(losses, config.outlier_sigma, constant - float(np.median(losses)))
         kept.append([net for net, ok in zip(nets, keep) if ok])
-        replicas_meta[term] = {"trained": config.replicas, "c_train_monomial": k, "constant_ratio_loss": constant, "rejected": [int(i) for i in np.flatnonzero(~keep)],
-                               "val_loss": [i["val_loss"] for i in infos], "best_epoch": [i["best_epoch"] for i in infos],
+        replicas_meta[term] = {"trained": config.replicas, "c_train_monomial": k, "constant_ratio_loss": constant,
+                               "rejected": [int(i) for i in np.flatnonzero(~keep)], "val_loss": [i["val_loss"] for i in infos], "best_epoch": [i["best_epoch"] for i in infos],
                                "epochs": [i["epochs"] for i in infos]}
         log(f"{term}: kept {int(keep.sum())} of {config.replicas} replicas")
     ensemble = Ensemble(center, scale, kept).eval()
