@@ -243,3 +243,27 @@ def test_train_command_without_torch_exits_2(monkeypatch, capsys, tmp_path):
     assert main(["eft-train", str(tmp_path / "f.parquet"), "-o", str(tmp_path / "m")]) == 2
     assert "install crema[train]" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_cli_unbinned_fit_and_report(eft_run, capsys):
+    from crema.workflows.cli import main
+
+    tmp, _, _ = eft_run
+    assert main(["eft-fit", str(tmp / "learned"), "-o", str(tmp / "nofit")]) == 2  # neither --observable nor --unbinned
+    assert "--unbinned MODEL_DIR" in capsys.readouterr().err
+    assert main(["eft-fit", str(tmp / "learned"), "--unbinned", str(tmp / "plain"), "-o", str(tmp / "x")]) == 2
+    assert "not an ML4EFT model folder" in capsys.readouterr().err
+    cfg = load_train_config(None, features=["m_tt", "y_tt", "cos_theta_star"], hidden=[8], max_epochs=2, patience=1,
+                            replicas=2, quantile_bins=4)
+    mt.train(tmp / "plain" / "eft_features.parquet", tmp / "parton", cfg)
+    assert main(["eft-report", str(tmp / "model"), "--parton", str(tmp / "parton"), "-o", str(tmp / "report"),
+                 "--events", "2000", "--no-plots"]) == 0
+    report = json.loads((tmp / "report" / "eft_report.json").read_text())
+    assert set(report["parton"]["intervals"]) == {"truth", "nn", "binned"}
+    assert set(report["reco"]["intervals"]) == {"nn", "nn_binned", "binned_2d"}
+    for section in ("parton", "reco"):
+        for ivs in report[section]["intervals"].values():
+            for wc in ("ctGRe", "ctj8"):
+                assert ivs[wc]["95"][0] < ivs[wc]["68"][0] < 0 < ivs[wc]["68"][1] < ivs[wc]["95"][1]
+    assert report["replicas"]["trained"]["lin_ctGRe"] == 1 and report["replicas"]["relative_width_spread"]["ctGRe"] is None
+    assert -1 <= report["parton"]["correlation"]["ctGRe"] <= 1 and "parton_correlation_ctGRe" in report["goals"]

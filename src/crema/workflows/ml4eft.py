@@ -162,6 +162,8 @@ def report(outdir: str | Path, reco_model: str | Path | None = None, parton_mode
             result["goals"][f"reco_nn_binned_over_nn_width_{c}"] = {"value": rb, "target": "<= 1.2", "met": rb <= 1.2}
         result["replicas"] = _replica_section(reco_model, table, w, wc)
         for c, spread in result["replicas"]["relative_width_spread"].items():
+            if spread is None:  # one replica: no spread
+                continue
             result["goals"][f"replica_width_spread_{c}"] = {"value": spread, "target": "<= 0.10", "met": spread <= 0.10}
         log("reco and replica sections done")
     if plots:
@@ -192,7 +194,7 @@ def _replica_section(model_dir, table, w, wc) -> dict:
     return {"trained": {t: r["trained"] for t, r in meta["replicas"].items()},
             "rejected": {t: len(r["rejected"]) for t, r in meta["replicas"].items()},
             "widths_95": widths,
-            "relative_width_spread": {c: float(np.std(v, ddof=1) / np.mean(v)) if len(v) > 1 else float("nan")
+            "relative_width_spread": {c: float(np.std(v, ddof=1) / np.mean(v)) if len(v) > 1 else None
                                       for c, v in widths.items()}}
 
 
