@@ -202,8 +202,6 @@ class ML4EFTModel(OnnxModel):
         missing = [f for f in self.features if f not in table]
         if missing:
             raise ConfigError(f"{self.model_dir}: the model needs feature {missing[0]!r}, not in the input")
-        if not len(self.features):
-            return np.zeros((0, 0), np.float32)
         return np.stack([np.asarray(table[f], dtype=np.float32) for f in self.features], axis=1)
 
     def term_values(self, table) -> np.ndarray:
