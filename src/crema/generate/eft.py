@@ -145,6 +145,21 @@ def qq_probability(m_tt, cos_z) -> np.ndarray:
     return l_qq / (l_qq + sm_gg(m_tt, cos_z))
 
 
+def observed_coefficients(m_tt, cos_z) -> np.ndarray:
+    """(N, 6) coefficients of :func:`observed_ratio` (term order of :func:`truth_coefficients`).
+
+    The initial state is marginalised with its SM probability at (m_tt, cos theta_z) and the
+    q qbar coefficients are averaged over +-cos (the quark on either beam), so these are the exact
+    likelihood-ratio coefficients of the parton-level observables (m_tt, cos theta_z).
+    """
+    m_tt = np.atleast_1d(m_tt)
+    cos_z = np.atleast_1d(cos_z)
+    p = np.atleast_1d(qq_probability(m_tt, cos_z))[:, None]
+    ones = np.ones(np.shape(m_tt), dtype=bool)
+    qq = 0.5 * (truth_coefficients(ones, m_tt, cos_z) + truth_coefficients(ones, m_tt, -cos_z))
+    return p * qq + (1.0 - p) * truth_coefficients(~ones, m_tt, cos_z)
+
+
 def observed_ratio(m_tt, cos_z, point) -> np.ndarray:
     """Ratio dsigma(c)/dsigma(SM) in (m_tt, cos theta_z) with the initial state marginalised.
 
@@ -152,10 +167,7 @@ def observed_ratio(m_tt, cos_z, point) -> np.ndarray:
     either beam with equal probability (as generated), so the q qbar ratio is averaged over +-cos.
     This is the exact likelihood ratio of the parton-level observables (m_tt, cos theta_z).
     """
-    p = qq_probability(m_tt, cos_z)
-    ones = np.ones(np.shape(m_tt), dtype=bool)
-    r_qq = 0.5 * (truth_ratio(ones, m_tt, cos_z, point) + truth_ratio(ones, m_tt, -np.asarray(cos_z), point))
-    return p * r_qq + (1.0 - p) * truth_ratio(~ones, m_tt, cos_z, point)
+    return observed_coefficients(m_tt, cos_z) @ term_vector(point)
 
 
 __all__ = [
@@ -163,6 +175,7 @@ __all__ = [
     "WC_NAMES",
     "reweight_points_json",
     "reweight_weights",
+    "observed_coefficients",
     "observed_ratio",
     "qq_probability",
     "truth_coefficients",

@@ -39,6 +39,7 @@ FEATURES = (
     "eta_b_trailing", "pt_bb", "m_bb",
 )
 HIST_2D = ("pt_ll", "eta_l1")
+PARTON_FEATURES = ("m_tt", "y_tt", "cos_theta_star")  # from the GenPart tops, where present
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,9 @@ class TTbarEFTOptions:
     ``wc_names``: the Wilson coefficients of the histograms (EFT datasets must carry exactly these);
     ``benchmarks``: points with exact sums of squared weights (the SM is always added);
     ``weights``/``systematics``: the era's event weights and their up/down variations on the
-    systematic axis; ``features``: keep the per-event feature table for training.
+    systematic axis; ``features``: keep the per-event feature table for training;
+    ``eft_model``: an ML4EFT model folder (``crema eft-train``) whose learned observables NN_i(x)
+    are filled as ``nn_<wc>`` (binned in the SM quantiles stored with the model).
     """
 
     selection: str = "ttbar_eft"
@@ -85,6 +88,7 @@ class TTbarEFTOptions:
     weights: bool = True
     systematics: bool = True
     features: bool = True
+    eft_model: str | None = None
 
     def validate(self) -> None:
         if not self.wc_names or len(set(self.wc_names)) != len(self.wc_names):
@@ -137,6 +141,32 @@ def features(leptons: ak.Array, jets: ak.Array, score: str) -> dict[str, np.ndar
     }
 
 
+def parton_features(genpart: ak.Array) -> dict[str, np.ndarray]:
+    """m_tt, y_tt and cos theta* (top angle to the +z beam in the t tbar rest frame) of the GenPart
+    top pair (the first top and antitop of each event; NaN where absent)."""
+    n = len(genpart)
+    out = {k: np.full(n, np.nan) for k in PARTON_FEATURES}
+    top = ak.firsts(genpart[genpart.pdgId == 6])
+    anti = ak.firsts(genpart[genpart.pdgId == -6])
+    ok = ak.to_numpy(~ak.is_none(top) & ~ak.is_none(anti))
+    if not ok.any():
+        return out
+    t = np.stack(_p4(top[ok]))
+    a = np.stack(_p4(anti[ok]))
+    tot = t + a
+    m = np.sqrt(np.maximum(tot[3] ** 2 - np.sum(tot[:3] ** 2, axis=0), 0.0))
+    beta = tot[:3] / tot[3]
+    b2 = np.sum(beta**2, axis=0)
+    gamma = 1.0 / np.sqrt(1.0 - b2)
+    bp = np.sum(beta * t[:3], axis=0)
+    coeff = np.where(b2 > 0, (gamma - 1.0) * bp / np.where(b2 > 0, b2, 1.0), 0.0) - gamma * t[3]
+    p_star = t[:3] + coeff * beta  # the top momentum in the t tbar rest frame
+    out["m_tt"][ok] = m
+    out["y_tt"][ok] = 0.5 * np.log((tot[3] + tot[2]) / (tot[3] - tot[2]))
+    out["cos_theta_star"][ok] = p_star[2] / np.linalg.norm(p_star, axis=0)
+    return out
+
+
 class TTbarEFTProcessor(processor.ProcessorABC):
     """Dilepton ttbar with EFT histograms (see docs/eft.md)."""
 
@@ -166,6 +196,18 @@ class TTbarEFTProcessor(processor.ProcessorABC):
             self.event_weights = EventWeights(era, self.selection.btag)
         self.systematics = [NOMINAL, *(self.event_weights.variations if self.event_weights and options.systematics
                                        else [])]
+        self.eft_model = None
+        if options.eft_model:
+            from crema.models.ml4eft import ML4EFTModel
+
+            self.eft_model = ML4EFTModel(options.eft_model)
+            unknown = sorted(set(self.eft_model.features) - set(FEATURES) - set(PARTON_FEATURES))
+            if unknown:
+                raise ConfigError(f"processor.options.eft_model: {options.eft_model} needs feature {unknown[0]!r}, "
+                                  "which ttbar_eft does not compute")
+            if list(self.eft_model.wc_names) != list(self.wc_names):
+                raise ConfigError(f"processor.options.eft_model: {options.eft_model} is trained for "
+                                  f"{self.eft_model.wc_names}, the processor's wc_names are {list(self.wc_names)}")
         self._points_cache: dict[str, EFTPoints] = {}
         self._pinv_cache: dict[tuple[str, str], np.ndarray] = {}
 
@@ -183,6 +225,9 @@ class TTbarEFTProcessor(processor.ProcessorABC):
         out = {n: self._eft_hist(ax) for n, ax in axes.items()}
         if all(n in axes for n in HIST_2D):
             out["_".join(HIST_2D)] = self._eft_hist(*(axes[n] for n in HIST_2D))
+        if self.eft_model is not None:
+            for wc, edges in self.eft_model.quantile_edges.items():
+                out[f"nn_{wc}"] = self._eft_hist(hist.axis.Variable(edges, name=f"nn_{wc}", label=f"NN {wc}"))
         return out
 
     def required_branches(self, sample: SampleInfo) -> dict[str, str]:
@@ -192,6 +237,9 @@ class TTbarEFTProcessor(processor.ProcessorABC):
             needs["genWeight"] = "event weights (simulated datasets)"
         if self.options.features:
             needs["event"] = "the feature table (processor.options.features)"
+        if self.eft_model is not None and set(self.eft_model.features) & set(PARTON_FEATURES):
+            for b in ("nGenPart", "GenPart_pdgId", "GenPart_pt", "GenPart_eta", "GenPart_phi", "GenPart_mass"):
+                needs[b] = "parton features of processor.options.eft_model"
         return needs
 
     def empty_output(self) -> dict[str, Any]:
@@ -271,11 +319,16 @@ class TTbarEFTProcessor(processor.ProcessorABC):
         mask = selection.all(*cuts)
         chosen = objects[mask]
         feats = features(chosen.leptons, chosen.jets, self.selection.btag.score)
+        if "GenPart" in events.fields:
+            feats.update(parton_features(events.GenPart[mask]))
+        if self.eft_model is not None:
+            nn_terms = self.eft_model.term_values(feats)
+            feats.update({f"nn_{w}": nn_terms[:, i] for i, w in enumerate(self.wc_names)})
         out["eft_histograms"][dataset] = self.fill(feats, coef[mask], channel[mask], weights, mask)
         if self.options.features:
             key = f"{events.metadata['filename']}:{events.metadata['entrystart']:012d}"
-            table = {**feats, "weight": weights.weight()[mask], "event": np.asarray(ak.to_numpy(events.event[mask])),
-                     "channel": channel[mask].astype("U4")}
+            table = {**{k: v for k, v in feats.items() if not k.startswith("nn_")}, "weight": weights.weight()[mask],
+                     "event": np.asarray(ak.to_numpy(events.event[mask])), "channel": channel[mask].astype("U4")}
             table.update({f"coef_{t}": coef[mask][:, i] for i, t in enumerate(term_names(self.wc_names))})
             out["features"][dataset] = [(key, table)]
         return out

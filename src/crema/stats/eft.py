@@ -8,7 +8,7 @@ m(c) = [1, c_i, c_i^2, c_i c_j]; Asimov data n = nu(0, 0); -2 ln L = 2 sum (nu -
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,38 @@ class EFTModel:
             value += float(np.sum(np.square(theta)))
         return value
 
+    def nll2_grid(self, points: np.ndarray, data) -> np.ndarray:
+        """-2 ln L at many points (P, n_wc), nuisance parameters at 0."""
+        nu = np.maximum(term_vector(points) @ self.nominal, 1e-12)
+        ok = data > 0
+        return 2.0 * (nu.sum(axis=1) - (np.log(nu[:, ok]) * data[ok]).sum(axis=1))
+
+
+@dataclass
+class UnbinnedModel:
+    """Extended unbinned likelihood of weighted events: -2 ln L(c) = 2 [nu(c) - sum_k w_k ln r(x_k, c)].
+
+    ``terms``: (N, n_terms - 1) per-event ratio terms (learned NN_t or exact coefficients) with
+    r = 1 + terms @ monomials(c)[1:]; ``weights``: event weights (the data: Asimov SM events);
+    ``yields``: (n_terms,) expected yield terms, nu(c) = yields @ monomials(c) (for weighted SM
+    events: weights @ [1, terms], the Monte Carlo integral of dsigma_SM r).  r is floored at
+    1e-12 (as the binned yields are), so points where a learned r turns negative are heavily disfavoured.
+    """
+
+    wc_names: list[str]
+    terms: np.ndarray
+    weights: np.ndarray
+    yields: np.ndarray
+    systematics: list[str] = field(default_factory=list)
+
+    def nll2_grid(self, points: np.ndarray, data=None) -> np.ndarray:
+        m = term_vector(np.atleast_2d(np.asarray(points, dtype=np.float64)))
+        r = 1.0 + self.terms @ m[:, 1:].T  # (N, P)
+        return 2.0 * (m @ self.yields - self.weights @ np.log(np.maximum(r, 1e-12)))
+
+    def nll2(self, point, data=None, theta=None) -> float:
+        return float(self.nll2_grid(np.asarray(point, dtype=np.float64)[None, :])[0])
+
 
 def load_model(run_dir: str | Path, observables: list[str], wc_names: list[str], systematics: bool = False,
                region: str = "inclusive") -> EFTModel:
@@ -81,7 +113,7 @@ def load_model(run_dir: str | Path, observables: list[str], wc_names: list[str],
     return EFTModel(list(wc_names), nominal_arr, deltas, names)
 
 
-def profile_nll2(model: EFTModel, data: np.ndarray, fixed: dict[int, float], profile_wc: bool) -> float:
+def profile_nll2(model: EFTModel | UnbinnedModel, data: np.ndarray, fixed: dict[int, float], profile_wc: bool) -> float:
     """Minimum of -2 ln L with the WCs in ``fixed`` held, the others free (``profile_wc``) or at 0, nuisances free."""
     n_wc = len(model.wc_names)
     free_wc = [i for i in range(n_wc) if i not in fixed] if profile_wc else []
@@ -106,13 +138,13 @@ def profile_nll2(model: EFTModel, data: np.ndarray, fixed: dict[int, float], pro
     return float(m.fval)
 
 
-def scan(model: EFTModel, data: np.ndarray, index: int, grid: np.ndarray, profile_wc: bool) -> np.ndarray:
+def scan(model: EFTModel | UnbinnedModel, data: np.ndarray, index: int, grid: np.ndarray, profile_wc: bool) -> np.ndarray:
     """Delta(-2 ln L) along coefficient ``index`` on ``grid`` (relative to the SM point: Asimov SM data)."""
     best = profile_nll2(model, data, {index: 0.0}, profile_wc)
     return np.array([profile_nll2(model, data, {index: float(x)}, profile_wc) for x in grid]) - best
 
 
-def intervals(model: EFTModel, data, index: int, profile_wc: bool, grid: np.ndarray,
+def intervals(model: EFTModel | UnbinnedModel, data, index: int, profile_wc: bool, grid: np.ndarray,
               values: np.ndarray | None = None) -> dict[str, list[float]]:
     """{"68": [lo, hi], "95": [lo, hi]}: where Delta(-2 ln L) crosses each threshold nearest to 0 on
     ``grid`` (``values``: its scan, computed if not given), refined with brentq."""
@@ -137,27 +169,37 @@ def intervals(model: EFTModel, data, index: int, profile_wc: bool, grid: np.ndar
 def fit(run_dir, observables: list[str], outdir, wc_names: list[str] | None = None, systematics: bool = False,
         span: float = 10.0, points: int = 81, plots: bool = True) -> dict:
     """Intervals of every coefficient (fixed: others at 0; profiled: others free) and a 2D scan; writes eft_fit.json."""
-    run_dir, outdir = Path(run_dir), Path(outdir)
+    run_dir = Path(run_dir)
     wc_names = wc_names or _wc_names_from_templates(run_dir)
     model = load_model(run_dir, observables, wc_names, systematics)
     data = model.expected(np.zeros(len(wc_names)))
+    result = {"observables": list(observables), "systematics": model.systematics}
+    return fit_model(model, data, result, outdir, span, points, plots)
+
+
+def fit_model(model: EFTModel | UnbinnedModel, data, result: dict, outdir=None, span: float = 10.0,
+              points: int = 81, plots: bool = True, modes=("fixed", "profiled"), contour_2d: bool = True) -> dict:
+    """Scans, 68/95% intervals (``modes``) and the 2D contour of any model; adds them to ``result``
+    and writes ``outdir/eft_fit.json`` (and plots) when ``outdir`` is given."""
     grid = np.linspace(-span, span, points)
-    result = {"observables": list(observables), "systematics": model.systematics, "intervals": {}, "scans": {}}
-    for i, wc in enumerate(wc_names):
-        scans = {mode: scan(model, data, i, grid, mode == "profiled") for mode in ("fixed", "profiled")}
+    result.update({"intervals": {}, "scans": {}})
+    for i, wc in enumerate(model.wc_names):
+        scans = {mode: scan(model, data, i, grid, mode == "profiled") for mode in modes}
         result["intervals"][wc] = {mode: intervals(model, data, i, mode == "profiled", grid, values)
                                    for mode, values in scans.items()}
         result["scans"][wc] = {"grid": grid.tolist(), **{mode: v.tolist() for mode, v in scans.items()}}
-    if len(wc_names) >= 2:
-        result["contour"] = contour(model, data, result["intervals"], wc_names[:2])
-    outdir.mkdir(parents=True, exist_ok=True)
-    (outdir / "eft_fit.json").write_text(json.dumps(result, indent=2))
-    if plots:
-        _plot(result, outdir)
+    if contour_2d and len(model.wc_names) >= 2:
+        result["contour"] = contour(model, data, result["intervals"], model.wc_names[:2])
+    if outdir is not None:
+        outdir = Path(outdir)
+        outdir.mkdir(parents=True, exist_ok=True)
+        (outdir / "eft_fit.json").write_text(json.dumps(result, indent=2))
+        if plots:
+            _plot(result, outdir)
     return result
 
 
-def contour(model: EFTModel, data, intervals: dict, pair: list[str], n: int = 41) -> dict:
+def contour(model: EFTModel | UnbinnedModel, data, intervals: dict, pair: list[str], n: int = 41) -> dict:
     """Delta(-2 ln L) on a grid of two coefficients (the others and the nuisance parameters at 0),
     spanning 1.5x their fixed 95% intervals."""
     idx = [model.wc_names.index(w) for w in pair]
@@ -169,10 +211,7 @@ def contour(model: EFTModel, data, intervals: dict, pair: list[str], n: int = 41
     xx, yy = np.meshgrid(*axes, indexing="ij")
     pts = np.zeros((xx.size, len(model.wc_names)))
     pts[:, idx[0]], pts[:, idx[1]] = xx.ravel(), yy.ravel()
-    nu = np.maximum(term_vector(pts) @ model.nominal, 1e-12)
-    ok = data > 0
-    nll = 2.0 * (nu.sum(axis=1) - (np.log(nu[:, ok]) * data[ok]).sum(axis=1))
-    nll -= model.nll2(np.zeros(len(model.wc_names)), data)
+    nll = model.nll2_grid(pts, data) - model.nll2(np.zeros(len(model.wc_names)), data)
     return {"wc": pair, "x": axes[0].tolist(), "y": axes[1].tolist(), "delta_nll2": nll.reshape(xx.shape).tolist(),
             "nuisances": "fixed at 0"}
 
@@ -188,8 +227,9 @@ def _plot(result: dict, outdir: Path) -> None:
 
     for wc, s in result["scans"].items():
         fig, ax = plt.subplots(figsize=(5, 4))
-        ax.plot(s["grid"], s["fixed"], label="others at 0")
-        ax.plot(s["grid"], s["profiled"], label="others profiled")
+        for mode, label in (("fixed", "others at 0"), ("profiled", "others profiled")):
+            if mode in s:
+                ax.plot(s["grid"], s[mode], label=label)
         ax.legend()
         for level, thr in THRESHOLDS.items():
             ax.axhline(thr, ls="--", lw=0.8, color="grey")

@@ -388,11 +388,41 @@ def cmd_calib_report(args: argparse.Namespace) -> None:
 def cmd_eft_fit(args: argparse.Namespace) -> None:
     from crema.stats.eft import fit
 
+    if args.unbinned:
+        if args.observable or args.systematics:
+            raise ConfigError("eft-fit --unbinned: --observable and --systematics are for the binned fit")
+        from crema.workflows.ml4eft import fit_unbinned
+
+        _print_intervals(fit_unbinned(args.run_dir, args.unbinned, args.output))
+        return
+    if not args.observable:
+        raise ConfigError("eft-fit: give --observable (binned) or --unbinned MODEL_DIR")
     try:
         result = fit(args.run_dir, args.observable, args.output, systematics=args.systematics)
     except (FileNotFoundError, KeyError) as err:
         raise ConfigError(str(err).strip("'\"")) from None
     _print_intervals(result)
+
+
+def _require_torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise ConfigError("this command needs torch: install crema[train] (pip install 'crema[train]')") from None
+
+
+def cmd_eft_train(args: argparse.Namespace) -> None:
+    _require_torch()
+    from crema.models.ml4eft import load_train_config
+    from crema.models.ml4eft_train import train
+
+    config = load_train_config(args.config, replicas=args.replicas, max_events=args.max_events,
+                               max_epochs=args.epochs, threads=args.threads)
+    start = time.perf_counter()
+    meta = train(args.features, args.output, config, log=console.print)
+    rejected = sum(len(r["rejected"]) for r in meta["replicas"].values())
+    console.print(f"wrote {args.output} ({len(meta['terms'])} terms x {config.replicas} replicas, {rejected} rejected, "
+                  f"{meta['training']['events']} events) in {time.perf_counter() - start:.0f} s")
 
 
 def _print_intervals(result: dict) -> None:
@@ -403,16 +433,49 @@ def _print_intervals(result: dict) -> None:
                                                             for lvl, (lo, hi) in levels.items()))
 
 
+def cmd_eft_report(args: argparse.Namespace) -> None:
+    _require_torch()
+    from crema.workflows.ml4eft import report
+
+    start = time.perf_counter()
+    result = report(args.output, args.model, args.parton, events=args.events, seed=args.seed,
+                    plots=not args.no_plots, log=console.print)
+    for name, g in result["goals"].items():
+        console.print(f"  {name:40s} {g['value']:.4f}  (target {g['target']}: {'met' if g['met'] else 'NOT met'})")
+    console.print(f"wrote {Path(args.output) / 'eft_report.json'} in {time.perf_counter() - start:.0f} s")
+
+
 def _eft_commands(sub) -> None:
     e = sub.add_parser("eft-fit", help="binned EFT intervals (Asimov SM data) from a ttbar_eft run's templates")
     e.add_argument("run_dir", help="run folder with eft_templates.root")
-    e.add_argument("--observable", action="append", required=True, help="observable(s) to fit (repeat to combine)")
+    e.add_argument("--observable", action="append", help="observable(s) to fit (repeat to combine)")
+    e.add_argument("--unbinned", metavar="MODEL_DIR",
+                   help="unbinned fit with an ML4EFT model on the run's held-out events (eft_features.parquet)")
     e.add_argument("-o", "--output", required=True, help="folder for eft_fit.json and the plots")
     mode = e.add_mutually_exclusive_group()
     mode.add_argument("--stat-only", dest="systematics", action="store_false", help="no nuisance parameters (default)")
     mode.add_argument("--systematics", dest="systematics", action="store_true",
                       help="the run's weight variations as nuisance parameters")
     e.set_defaults(func=cmd_eft_fit, systematics=False)
+
+    t = sub.add_parser("eft-train", help="train ML4EFT likelihood-ratio networks on a ttbar_eft feature table (torch)")
+    t.add_argument("features", help="feature table (RUN/eft_features.parquet)")
+    t.add_argument("-o", "--output", required=True, help="model folder (ml4eft.onnx, ml4eft.json, replicas/)")
+    t.add_argument("--config", help="training YAML (default: src/crema/configs/ml4eft/default.yaml)")
+    t.add_argument("--replicas", type=int, help="override replicas")
+    t.add_argument("--max-events", type=int, help="override max_events")
+    t.add_argument("--epochs", type=int, help="override max_epochs")
+    t.add_argument("--threads", type=int, help="override threads")
+    t.set_defaults(func=cmd_eft_train)
+
+    r = sub.add_parser("eft-report", help="ML4EFT networks vs analytic truth and binned fits on fresh held-out events")
+    r.add_argument("model", nargs="?", help="model folder trained on the reco features (reco and replicas sections)")
+    r.add_argument("--parton", metavar="MODEL_DIR", help="model folder trained on m_tt, y_tt, cos_theta_star (parton section)")
+    r.add_argument("-o", "--output", required=True, help="folder for eft_report.json, plots and the held-out run")
+    r.add_argument("--events", type=int, default=100_000, help="generated held-out events (default: 100000)")
+    r.add_argument("--seed", type=int, default=9001, help="generator seed of the held-out events (default: 9001)")
+    r.add_argument("--no-plots", action="store_true")
+    r.set_defaults(func=cmd_eft_report)
 
 
 def _calibration_commands(sub) -> None:
