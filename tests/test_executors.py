@@ -64,6 +64,7 @@ def test_signals_land_in_their_channels(iterative):
     assert h[{"region": "resolved_2b"}].sum().value > 0.2 * h[{"region": "inclusive"}].sum().value
 
 
+@pytest.mark.slow  # the whole demo (DeepHME, all systematics, plots) plus a dask rerun: about 2.5 min
 def test_demo_and_dask_rerun(tmp_path):
     demo = tmp_path / "demo"
     assert cli(["demo", "-o", str(demo), "--scale", "0.25", "--no-progress"]) == 0
