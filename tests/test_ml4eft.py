@@ -266,4 +266,4 @@ def test_cli_unbinned_fit_and_report(eft_run, capsys):
             for wc in ("ctGRe", "ctj8"):
                 assert ivs[wc]["95"][0] < ivs[wc]["68"][0] < 0 < ivs[wc]["68"][1] < ivs[wc]["95"][1]
     assert report["replicas"]["trained"]["lin_ctGRe"] == 1 and report["replicas"]["relative_width_spread"]["ctGRe"] is None
-    assert -1 <= report["parton"]["correlation"]["ctGRe"] <= 1 and "parton_correlation_ctGRe" in report["goals"]
+    assert -1 <= report["parton"]["correlation"]["ctGRe"] <= 1 and "parton_correlation_ctGRe" in report["comparisons"]

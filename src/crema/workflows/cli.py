@@ -440,8 +440,8 @@ def cmd_eft_report(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     result = report(args.output, args.model, args.parton, events=args.events, seed=args.seed,
                     plots=not args.no_plots, log=console.print)
-    for name, g in result["goals"].items():
-        console.print(f"  {name:40s} {g['value']:.4f}  (target {g['target']}: {'met' if g['met'] else 'NOT met'})")
+    for name, g in result["comparisons"].items():
+        console.print(f"  {name:40s} {g['value']:.4f}  (reference {g['reference']}: {'within' if g['within'] else 'outside'})")
     console.print(f"wrote {Path(args.output) / 'eft_report.json'} in {time.perf_counter() - start:.0f} s")
 
 

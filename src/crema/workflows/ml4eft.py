@@ -126,7 +126,7 @@ def report(outdir: str | Path, reco_model: str | Path | None = None, parton_mode
         raise ConfigError("eft-report: give a reco model folder and/or --parton MODEL_DIR")
     outdir = Path(outdir)
     run_dir = _generate_run(outdir / "heldout", events, seed, Path(reco_model).resolve() if reco_model else None, log)
-    result: dict = {"events_generated": events, "seed": seed, "luminosity_fb": REPORT_LUMINOSITY_FB, "goals": {}}
+    result: dict = {"events_generated": events, "seed": seed, "luminosity_fb": REPORT_LUMINOSITY_FB, "comparisons": {}}
     if parton_model is not None:
         table, wc, w, nn = _evaluate(run_dir, parton_model)
         truth = observed_coefficients(table["m_tt"].to_numpy(), table["cos_theta_star"].to_numpy())[:, 1:]
@@ -142,9 +142,9 @@ def report(outdir: str | Path, reco_model: str | Path | None = None, parton_mode
         result["parton"] = sec
         for c in wc:
             ratio = _width(sec["intervals"]["nn"][c]) / _width(sec["intervals"]["truth"][c])
-            result["goals"][f"parton_correlation_{c}"] = {"value": corr[c], "target": ">= 0.99", "met": corr[c] >= 0.99}
-            result["goals"][f"parton_nn_over_truth_width_{c}"] = {"value": ratio, "target": "0.9 .. 1.1",
-                                                                  "met": 0.9 <= ratio <= 1.1}
+            result["comparisons"][f"parton_correlation_{c}"] = {"value": corr[c], "reference": ">= 0.99", "within": corr[c] >= 0.99}
+            result["comparisons"][f"parton_nn_over_truth_width_{c}"] = {"value": ratio, "reference": "0.9 .. 1.1",
+                                                                  "within": 0.9 <= ratio <= 1.1}
         if plots:
             _plot_parton(nn, truth, names, wc, outdir)
         log("parton section done")
@@ -158,13 +158,13 @@ def report(outdir: str | Path, reco_model: str | Path | None = None, parton_mode
         for c in wc:
             r2d = _width(binned_2d[c]) / _width(sec["intervals"]["nn"][c])
             rb = _width(nn_binned[c]) / _width(sec["intervals"]["nn"][c])
-            result["goals"][f"reco_binned_2d_over_nn_width_{c}"] = {"value": r2d, "target": ">= 1.5", "met": r2d >= 1.5}
-            result["goals"][f"reco_nn_binned_over_nn_width_{c}"] = {"value": rb, "target": "<= 1.2", "met": rb <= 1.2}
+            result["comparisons"][f"reco_binned_2d_over_nn_width_{c}"] = {"value": r2d, "reference": ">= 1.5", "within": r2d >= 1.5}
+            result["comparisons"][f"reco_nn_binned_over_nn_width_{c}"] = {"value": rb, "reference": "<= 1.2", "within": rb <= 1.2}
         result["replicas"] = _replica_section(reco_model, table, w, wc)
         for c, spread in result["replicas"]["relative_width_spread"].items():
             if spread is None:  # one replica: no spread
                 continue
-            result["goals"][f"replica_width_spread_{c}"] = {"value": spread, "target": "<= 0.10", "met": spread <= 0.10}
+            result["comparisons"][f"replica_width_spread_{c}"] = {"value": spread, "reference": "<= 0.10", "within": spread <= 0.10}
         log("reco and replica sections done")
     if plots:
         _plot_intervals(result, outdir)
