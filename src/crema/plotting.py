@@ -198,6 +198,11 @@ class Panel:
     data: np.ndarray | None = None
     syst: tuple[np.ndarray, np.ndarray] | None = None  # (down, up) absolute shifts of the total background
     title: str = ""
+    stat_band: bool = True  # the MC statistical band (off where ``syst`` already is the whole uncertainty)
+    total_label: str = TOTAL_LABEL
+    data_label: str | None = None  # legend entry of ``data`` (default: the run's data label)
+    observed: bool = True  # ``data`` is collision data (else e.g. an Asimov data set: "Simulation" label)
+    ratio_label: str = "Data / MC"
 
 
 def poisson_interval(n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -242,15 +247,16 @@ def draw_panel(panel: Panel, style: RunStyle, path: str | Path) -> Path:
     tops = [total + stat]
     bands = {}
     if panel.backgrounds:
-        bands["stat"] = (total - stat, total + stat)
-        ax.stairs(total + stat, edges, baseline=total - stat, fill=True, facecolor="none", edgecolor="#444444",
-                  hatch="////", linewidth=0, label=STAT_LABEL, zorder=3)
+        if panel.stat_band:
+            bands["stat"] = (total - stat, total + stat)
+            ax.stairs(total + stat, edges, baseline=total - stat, fill=True, facecolor="none", edgecolor="#444444",
+                      hatch="////", linewidth=0, label=STAT_LABEL, zorder=3)
         if panel.syst is not None:
             down, up = panel.syst
             lo, hi = total - np.hypot(stat, down), total + np.hypot(stat, up)
             bands["total"] = (lo, hi)
             ax.stairs(hi, edges, baseline=lo, fill=True, facecolor="none", edgecolor="#999999",
-                      hatch="\\\\\\\\", linewidth=0, label=TOTAL_LABEL, zorder=2.9)
+                      hatch="\\\\\\\\", linewidth=0, label=panel.total_label, zorder=2.9)
             tops.append(hi)
     for p, values in panel.signals.items():
         scaled = values * style.signal_scale
@@ -263,7 +269,7 @@ def draw_panel(panel: Panel, style: RunStyle, path: str | Path) -> Path:
         err = poisson_interval(panel.data)
         shown = panel.data > 0
         ax.errorbar(centres[shown], panel.data[shown], yerr=(err[0][shown], err[1][shown]), fmt="o", markersize=6,
-                    color=DATA_COLOR, label=style.legend(DATA), zorder=5)
+                    color=DATA_COLOR, label=panel.data_label or style.legend(DATA), zorder=5)
         tops.append(panel.data + err[1])
     top = max((float(np.max(t)) for t in tops if len(t)), default=1.0) or 1.0
     if style.logy:
@@ -276,7 +282,7 @@ def draw_panel(panel: Panel, style: RunStyle, path: str | Path) -> Path:
     ax.set_xlim(edges[0], edges[-1])
     set_y_axis(ax, y_label(edges, panel.x_label), style.logy)
     _legend(ax, panel.title)
-    experiment_label(ax, style, data=panel.data is not None)
+    experiment_label(ax, style, data=panel.data is not None and panel.observed)
     if rax is not None:
         with np.errstate(divide="ignore", invalid="ignore"):
             safe = np.where(total > 0, total, np.nan)
@@ -292,7 +298,7 @@ def draw_panel(panel: Panel, style: RunStyle, path: str | Path) -> Path:
                          fmt="o", markersize=6, color=DATA_COLOR)
         rax.axhline(1.0, color="black", linewidth=1)
         rax.set_ylim(0.5, 1.5)
-        rax.set_ylabel("Data / MC")
+        rax.set_ylabel(panel.ratio_label)
         rax.set_xlabel(panel.x_label)
         ax.set_xlabel("")
     else:
@@ -313,7 +319,7 @@ def _legend_rank(handle, label: str, index: int) -> tuple[int, int]:
 
     if isinstance(handle, ErrorbarContainer):
         return (0, index)
-    if label in (STAT_LABEL, TOTAL_LABEL):
+    if "unc." in label:
         return (2, index)
     if getattr(handle, "get_fill", lambda: True)():
         return (1, -index)

@@ -160,7 +160,10 @@ def read_histograms(outdir: str | Path) -> tuple[dict[str, Any], dict[str, Sampl
 
 def read_plot_style(outdir: str | Path) -> RunStyle | None:
     """The plot style stored in ``outdir/run.json`` (None for runs written without one)."""
-    meta = json.loads((Path(outdir) / "run.json").read_text())
+    path = Path(outdir) / "run.json"
+    if not path.is_file():
+        return None
+    meta = json.loads(path.read_text())
     return RunStyle.from_dict(meta["plots"]) if "plots" in meta else None
 
 

@@ -53,9 +53,11 @@ def process_totals(output: dict[str, Any], samples: dict[str, SampleInfo]) -> di
     return totals
 
 
-def run_style(output: dict[str, Any], samples: dict[str, SampleInfo], config: Config | None = None) -> RunStyle:
+def run_style(output: dict[str, Any] | None, samples: dict[str, SampleInfo], config: Config | None = None,
+              totals: dict[str, float] | None = None) -> RunStyle:
     """The style of every plot of this run, from the config (colours, labels, plot options) and the
-    run's inclusive yields (stack order, the default signal scale)."""
+    run's inclusive yields (stack order, the default signal scale): ``totals`` per process, else
+    :func:`process_totals` of ``output`` (with neither: config order, scale 1 unless configured)."""
     processes = {_process_of(s): s.kind for s in samples.values()}
     simulated = [p for p, kind in processes.items() if kind != "data"]
     colors = default_colors(simulated)
@@ -66,7 +68,8 @@ def run_style(output: dict[str, Any], samples: dict[str, SampleInfo], config: Co
         color = own.color if own is not None and own.color else colors.get(p, "black")
         label = own.label if own is not None and own.label else ("Data" if kind == "data" else p)
         styles[p] = {"kind": kind, "color": color, "label": label}
-    totals = process_totals(output, samples)
+    if totals is None:
+        totals = process_totals(output, samples) if output is not None else {}
     backgrounds = [p for p in simulated if processes[p] == "background"]
     stack = sorted(backgrounds, key=lambda p: -totals.get(p, 0.0))
     plots = config.plots if config is not None else None
@@ -74,7 +77,8 @@ def run_style(output: dict[str, Any], samples: dict[str, SampleInfo], config: Co
         [totals.get(p, 0.0) for p in simulated if processes[p] == "signal"],
         sum(totals.get(p, 0.0) for p in backgrounds))
     return RunStyle(
-        processes=styles, stack=stack, luminosity_fb=output.get("luminosity_fb"),
+        processes=styles, stack=stack,
+        luminosity_fb=config.luminosity_fb if config is not None else (output or {}).get("luminosity_fb"),
         energy_tev=plots.energy_tev if plots is not None else 13.6, signal_scale=float(scale),
         label=plots.label if plots is not None else None,
         generated=config is not None and all(d.generate is not None for d in config.datasets),
