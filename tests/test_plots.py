@@ -277,3 +277,34 @@ def test_histograms_are_booked_with_weight_storage():
 
     h = book(SPECS, ["a"], ["sl"], ["inclusive"], ["nominal"])["lep_pt"]
     assert isinstance(h.storage_type(), hist.storage.Weight) or h.storage_type is hist.storage.Weight
+
+
+def test_classifier_score_plots_share_the_run_colours(tmp_path, figures):
+    import pandas as pd
+    import yaml
+
+    from crema.workflows.classifier import report
+
+    rng = np.random.default_rng(3)
+    datasets = {"XHH": ("signal", "XHH_800", 1), "TT1": ("background", "ttbar", 0), "DY": ("background", "DY", 0)}
+    rows = []
+    for name, (_, process, label) in datasets.items():
+        n = 300
+        score = rng.beta(4, 2, n) if label else rng.beta(2, 4, n)
+        rows.append(pd.DataFrame({"dataset": name, "process": process, "label": label, "event": np.arange(n),
+                                  "weight": np.full(n, 0.01 if label else 5.0), "score_bdt": score}))
+    model = tmp_path / "model"
+    model.mkdir()
+    pd.concat(rows, ignore_index=True).to_parquet(model / "scores.parquet")
+    (model / "features.yaml").write_text(yaml.safe_dump({"luminosity_fb": 7.98, "datasets": {
+        name: {"kind": kind, "process": process, "xsec_pb": 1.0} for name, (kind, process, _) in datasets.items()}},
+        sort_keys=False))
+    report(model, tmp_path / "report")
+    fig = figures["score_bdt.png"]
+    patches = _patches(fig)
+    # config order XHH_800, ttbar, DY: the same colours as every run plot of that config
+    assert matplotlib.colors.to_hex(patches["ttbar"].get_facecolor()) == CMS_PALETTE_6[1]
+    assert matplotlib.colors.to_hex(patches["DY"].get_facecolor()) == CMS_PALETTE_6[2]
+    signal = next(p for label, p in patches.items() if label.startswith("XHH_800 \u00d7"))
+    assert not signal.get_fill() and STAT_LABEL in patches
+    assert "7.98 fb$^{-1}$ (13.6 TeV)" in _texts(figures["roc.png"])

@@ -273,10 +273,11 @@ def draw_panel(panel: Panel, style: RunStyle, path: str | Path) -> Path:
         tops.append(panel.data + err[1])
     top = max((float(np.max(t)) for t in tops if len(t)), default=1.0) or 1.0
     if style.logy:
-        positive = np.concatenate([t[t > 0] for t in [total, *panel.signals.values()] if len(t)] or [np.ones(1)])
+        shown = [total, *(v * style.signal_scale for v in panel.signals.values())]
+        positive = np.concatenate([t[t > 0] for t in shown])
         low = max(float(positive.min()) * 0.5, top * 1e-6) if len(positive) else top * 1e-6
         ax.set_yscale("log")
-        ax.set_ylim(low, top * (top / low) ** 0.5)
+        ax.set_ylim(low, top * (top / low) ** 0.4)  # room for the legend
     else:
         ax.set_ylim(0, top * 1.45)  # room for the legend
     ax.set_xlim(edges[0], edges[-1])
