@@ -121,6 +121,17 @@ class RunStyle:
         return f"{self.luminosity_fb:.3g} fb$^{{-1}}$ {energy}" if self.luminosity_fb else energy
 
 
+def read_style(run_dir: str | Path) -> RunStyle | None:
+    """The plot style a run stored in ``run_dir/run.json`` (None when it has none)."""
+    import json
+
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        return None
+    meta = json.loads(path.read_text())
+    return RunStyle.from_dict(meta["plots"]) if "plots" in meta else None
+
+
 # ---------------------------------------------------------------------------------------------- axes
 def pyplot():
     """matplotlib.pyplot with the Agg backend (files only) and mplhep's CMS style applied."""

@@ -160,11 +160,9 @@ def read_histograms(outdir: str | Path) -> tuple[dict[str, Any], dict[str, Sampl
 
 def read_plot_style(outdir: str | Path) -> RunStyle | None:
     """The plot style stored in ``outdir/run.json`` (None for runs written without one)."""
-    path = Path(outdir) / "run.json"
-    if not path.is_file():
-        return None
-    meta = json.loads(path.read_text())
-    return RunStyle.from_dict(meta["plots"]) if "plots" in meta else None
+    from crema.plotting import read_style
+
+    return read_style(outdir)
 
 
 def write_outputs(output: dict[str, Any], samples: dict[str, SampleInfo], outdir: str | Path,
