@@ -272,11 +272,15 @@ def test_style_in_run_json_drives_crema_plot(tmp_path, figures):
         assert fig.axes[0].get_yscale() == "log"
 
 
-def test_histograms_are_booked_with_weight_storage():
+def test_histograms_need_weight_storage(tmp_path):
     import hist
 
     h = book(SPECS, ["a"], ["sl"], ["inclusive"], ["nominal"])["lep_pt"]
-    assert isinstance(h.storage_type(), hist.storage.Weight) or h.storage_type is hist.storage.Weight
+    assert h.storage_type is hist.storage.Weight  # what processors book
+    plain = hist.Hist(*h.axes, storage=hist.storage.Double())
+    samples = {"a": SampleInfo("a", "background", "ttbar", 1.0)}
+    with pytest.raises(ValueError, match="lep_pt: the histogram has no Weight storage"):
+        plot_all({"histograms": {"lep_pt": plain}, "luminosity_fb": 1.0}, samples, tmp_path)
 
 
 def test_classifier_score_plots_share_the_run_colours(tmp_path, figures):
@@ -308,3 +312,25 @@ def test_classifier_score_plots_share_the_run_colours(tmp_path, figures):
     signal = next(p for label, p in patches.items() if label.startswith("XHH_800 \u00d7"))
     assert not signal.get_fill() and STAT_LABEL in patches
     assert "7.98 fb$^{-1}$ (13.6 TeV)" in _texts(figures["roc.png"])
+
+
+def test_fit_stack_uses_the_run_colours_and_band(tmp_path, figures):
+    from types import SimpleNamespace
+
+    from crema.workflows.fit_plots import _stack
+
+    samples = _samples(with_data=False)
+    style = run_style(_output(samples), samples, _config(samples))
+    edges = np.linspace(200, 1400, 6)
+    yields = [[1.0, 2.0, 3.0, 2.0], [40.0, 30.0, 20.0, 10.0], [10.0, 10.0, 5.0, 1.0]]  # XHH_800, ttbar, DY
+    prediction = SimpleNamespace(model_yields=[yields], total_stdev_model_bins=[[[0.0] * 4] * 3 + [[5.0, 4.0, 3.0, 2.0]]])
+    keep = np.array([0, 1, 2, 3])
+    _stack(prediction, 0, "sl_resolved_2b", ["XHH_800", "ttbar", "DY"], {"XHH_800"}, edges, keep,
+           np.array([50.0, 41.0, 30.0, 12.0]), "data", "postfit", "DeepHME $m_{HH}$ [GeV]", style, tmp_path / "f.png")
+    fig = figures["f.png"]
+    patches = _patches(fig)
+    for p in ("XHH_800", "ttbar", "DY"):
+        assert matplotlib.colors.to_hex(patches[p].get_facecolor()) == style.color(p)
+    band = patches["total unc."].get_data()
+    np.testing.assert_allclose(band.values[:4], np.sum(yields, axis=0) + [5.0, 4.0, 3.0, 2.0])
+    assert fig.axes[0].get_ylabel() == "Events / 240 GeV" and fig.axes[1].get_ylabel() == "Data / pred."

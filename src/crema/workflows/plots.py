@@ -35,6 +35,15 @@ def _groups(h, samples: dict[str, SampleInfo]) -> dict[str, list[int]]:
     return dict(sorted(groups.items(), key=lambda kv: order.get(kv[0], len(order))))
 
 
+def _weighted_view(h, observable: str, flow: bool) -> np.ndarray:
+    """The histogram's (value, variance) view; an error naming ``observable`` without Weight storage."""
+    view = h.view(flow=flow)
+    if "variance" not in (view.dtype.names or ()):
+        raise ValueError(f"{observable}: the histogram has no Weight storage (sums of weights and of squared "
+                         "weights), which the MC statistical band needs")
+    return view
+
+
 def process_totals(output: dict[str, Any], samples: dict[str, SampleInfo]) -> dict[str, float]:
     """Each process's nominal yield in the ``inclusive`` region (all channels, with under/overflow).
 
@@ -42,8 +51,8 @@ def process_totals(output: dict[str, Any], samples: dict[str, SampleInfo]) -> di
     over observables is taken. Without an ``inclusive`` region the largest region counts.
     """
     totals: dict[str, float] = {}
-    for h in output["histograms"].values():
-        values = h.view(flow=True)["value"]
+    for observable, h in output["histograms"].items():
+        values = _weighted_view(h, observable, flow=True)["value"]
         regions = list(h.axes["region"])
         chosen = [regions.index("inclusive")] if "inclusive" in regions else range(len(regions))
         nominal = list(h.axes["systematic"]).index(NOMINAL)
@@ -93,7 +102,7 @@ def _panels(output: dict[str, Any], samples: dict[str, SampleInfo], regions: lis
     for observable, h in output["histograms"].items():
         if observables is not None and observable not in observables:
             continue
-        view = h.view(flow=False)
+        view = _weighted_view(h, observable, flow=False)
         groups = _groups(h, samples)
         systematics = list(h.axes["systematic"])
         for c, channel in enumerate(h.axes["channel"]):
