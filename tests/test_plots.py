@@ -334,3 +334,11 @@ def test_fit_stack_uses_the_run_colours_and_band(tmp_path, figures):
     band = patches["total unc."].get_data()
     np.testing.assert_allclose(band.values[:4], np.sum(yields, axis=0) + [5.0, 4.0, 3.0, 2.0])
     assert fig.axes[0].get_ylabel() == "Events / 240 GeV" and fig.axes[1].get_ylabel() == "Data / pred."
+
+
+def test_luminosity_text():
+    from crema.plotting import RunStyle
+
+    assert RunStyle(processes={}, luminosity_fb=7.98).lumi_text() == "7.98 fb$^{-1}$ (13.6 TeV)"
+    assert RunStyle(processes={}, luminosity_fb=138.0, energy_tev=13.0).lumi_text() == "138 fb$^{-1}$ (13 TeV)"
+    assert RunStyle(processes={}).lumi_text() == "(13.6 TeV)"

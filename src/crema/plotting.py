@@ -118,7 +118,10 @@ class RunStyle:
 
     def lumi_text(self) -> str:
         energy = f"({self.energy_tev:g} TeV)"
-        return f"{self.luminosity_fb:.3g} fb$^{{-1}}$ {energy}" if self.luminosity_fb else energy
+        if not self.luminosity_fb:
+            return energy
+        lumi = f"{self.luminosity_fb:.3g}" if self.luminosity_fb < 100 else f"{self.luminosity_fb:.0f}"
+        return f"{lumi} fb$^{{-1}}$ {energy}"
 
 
 def read_style(run_dir: str | Path) -> RunStyle | None:
