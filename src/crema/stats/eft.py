@@ -17,6 +17,7 @@ from iminuit import Minuit
 from scipy.optimize import brentq
 
 from crema.histograms.eft import term_names, term_vector
+from crema.plotting import CMS_PALETTE_6, RunStyle, experiment_label, pyplot, read_style, save
 
 THRESHOLDS = {"68": 1.0, "95": 3.841458820694124}  # Delta(-2 ln L) of 1D 68% / 95% CL intervals
 
@@ -174,13 +175,14 @@ def fit(run_dir, observables: list[str], outdir, wc_names: list[str] | None = No
     model = load_model(run_dir, observables, wc_names, systematics)
     data = model.expected(np.zeros(len(wc_names)))
     result = {"observables": list(observables), "systematics": model.systematics}
-    return fit_model(model, data, result, outdir, span, points, plots)
+    return fit_model(model, data, result, outdir, span, points, plots, style=read_style(run_dir))
 
 
 def fit_model(model: EFTModel | UnbinnedModel, data, result: dict, outdir=None, span: float = 10.0,
-              points: int = 81, plots: bool = True, modes=("fixed", "profiled"), contour_2d: bool = True) -> dict:
+              points: int = 81, plots: bool = True, modes=("fixed", "profiled"), contour_2d: bool = True,
+              style: RunStyle | None = None) -> dict:
     """Scans, 68/95% intervals (``modes``) and the 2D contour of any model; adds them to ``result``
-    and writes ``outdir/eft_fit.json`` (and plots) when ``outdir`` is given."""
+    and writes ``outdir/eft_fit.json`` (and plots, labelled with the run's ``style``) when ``outdir`` is given."""
     grid = np.linspace(-span, span, points)
     result.update({"intervals": {}, "scans": {}})
     for i, wc in enumerate(model.wc_names):
@@ -195,7 +197,7 @@ def fit_model(model: EFTModel | UnbinnedModel, data, result: dict, outdir=None, 
         outdir.mkdir(parents=True, exist_ok=True)
         (outdir / "eft_fit.json").write_text(json.dumps(result, indent=2))
         if plots:
-            _plot(result, outdir)
+            _plot(result, outdir, style or RunStyle(processes={}))
     return result
 
 
@@ -222,32 +224,32 @@ def _wc_names_from_templates(run_dir: Path) -> list[str]:
     return [t[4:] for t in terms if t.startswith("lin_")]
 
 
-def _plot(result: dict, outdir: Path) -> None:
-    import matplotlib.pyplot as plt
-
+def _plot(result: dict, outdir: Path, style: RunStyle) -> None:
+    """``scan_<wc>.png`` per coefficient and ``contour.png``, in crema's plot style (expected: Asimov SM data)."""
+    plt = pyplot()
     for wc, s in result["scans"].items():
-        fig, ax = plt.subplots(figsize=(5, 4))
+        fig, ax = plt.subplots(figsize=(8, 7))
         for mode, label in (("fixed", "others at 0"), ("profiled", "others profiled")):
             if mode in s:
-                ax.plot(s["grid"], s[mode], label=label)
-        ax.legend()
+                ax.plot(s["grid"], s[mode], label=label, linewidth=2.5)
         for level, thr in THRESHOLDS.items():
-            ax.axhline(thr, ls="--", lw=0.8, color="grey")
+            ax.axhline(thr, ls="--", lw=1, color="grey")
         ax.set_ylim(0, 10)
+        ax.set_xlim(s["grid"][0], s["grid"][-1])
         ax.set_xlabel(wc)
         ax.set_ylabel(r"$-2\Delta\ln L$")
-        ax.set_title(", ".join(result["observables"]))
-        fig.tight_layout()
-        fig.savefig(outdir / f"scan_{wc}.png", dpi=100)
-        plt.close(fig)
+        ax.legend(title=", ".join(result["observables"]), fontsize=14, title_fontsize=14, loc="upper center")
+        experiment_label(ax, style, data=False)
+        save(fig, outdir / f"scan_{wc}.png")
     if "contour" in result:
         c = result["contour"]
-        fig, ax = plt.subplots(figsize=(5, 4))
-        ax.contour(c["x"], c["y"], np.asarray(c["delta_nll2"]).T, levels=[2.30, 5.99], colors=["C0", "C1"])
-        ax.plot([0], [0], "k+")
+        fig, ax = plt.subplots(figsize=(8, 7))
+        colors = CMS_PALETTE_6[:2]
+        ax.contour(c["x"], c["y"], np.asarray(c["delta_nll2"]).T, levels=[2.30, 5.99], colors=colors, linewidths=2.5)
+        sm = ax.plot([0], [0], "k+", markersize=14)
+        handles = [plt.Line2D([], [], color=col, lw=2.5) for col in colors] + sm
+        ax.legend(handles, ["68% CL", "95% CL", "SM"], title="others at 0", fontsize=14, title_fontsize=14)
         ax.set_xlabel(c["wc"][0])
         ax.set_ylabel(c["wc"][1])
-        ax.set_title("68% and 95% CL (others at 0)")
-        fig.tight_layout()
-        fig.savefig(outdir / "contour.png", dpi=100)
-        plt.close(fig)
+        experiment_label(ax, style, data=False)
+        save(fig, outdir / "contour.png")

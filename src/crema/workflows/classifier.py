@@ -132,7 +132,7 @@ def report(model_dir: str | Path, outdir: str | Path, min_background: float = 1.
     (outdir / "classifier_report.json").write_text(json.dumps(result, indent=1))
     print_table(result)
     if plots:
-        draw(scores, methods, outdir, result)
+        draw(scores, methods, outdir, result, plot_style(model_dir, scores))
     return result
 
 
@@ -147,17 +147,44 @@ def print_table(result: dict, console_out: Console | None = None) -> None:
     (console_out or Console(width=200)).print(table)
 
 
-def draw(scores: pd.DataFrame, methods: list[str], outdir: Path, result: dict) -> list[Path]:
-    """ROC curves (background rejection vs signal efficiency) and weighted score distributions."""
-    import matplotlib
+def plot_style(model_dir: str | Path, scores: pd.DataFrame):
+    """The plot style of the classifier's run: processes (config order) from ``features.yaml``, colours
+    and labels from its config where it still exists, stack order and signal scale from the yields."""
+    from dataclasses import replace
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import mplhep as hep
+    from crema.processors.common import SampleInfo
+    from crema.workflows.config import load_config
+    from crema.workflows.plots import run_style
 
+    path = Path(model_dir) / "features.yaml"
+    definitions = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    datasets = definitions.get("datasets") or {
+        ds: {"kind": "signal" if label == 1 else "background", "process": proc}
+        for ds, proc, label in scores[["dataset", _process_column(scores), "label"]].drop_duplicates().itertuples(index=False)}
+    samples = {name: SampleInfo(name, d["kind"], d["process"], d.get("xsec_pb")) for name, d in datasets.items()}
+    config = None
+    if definitions.get("config") and Path(definitions["config"]).is_file():
+        try:
+            config = load_config(definitions["config"])
+        except ConfigError:
+            config = None  # the config changed since: default colours
+    process = scores[_process_column(scores)]
+    totals = scores.groupby(process)["weight"].sum().to_dict()
+    style = run_style(None, samples, config, totals={str(k): float(v) for k, v in totals.items()})
+    return replace(style, luminosity_fb=definitions.get("luminosity_fb", style.luminosity_fb), logy=True)
+
+
+def _process_column(scores: pd.DataFrame) -> str:
+    return "process" if "process" in scores else "dataset"
+
+
+def draw(scores: pd.DataFrame, methods: list[str], outdir: Path, result: dict, style) -> list[Path]:
+    """ROC curves (background rejection vs signal efficiency) and weighted score distributions
+    (stacked backgrounds with the MC statistical band, signals as lines), in the run's ``style``."""
     from crema.models.classifier import metrics
+    from crema.plotting import Panel, draw_panel, experiment_label, pyplot, save
 
-    plt.style.use(hep.style.CMS)
+    plt = pyplot()
     y, w = scores["label"].to_numpy(), scores["weight"].to_numpy()
     written = []
     fig, ax = plt.subplots(figsize=(8, 7))
@@ -170,33 +197,26 @@ def draw(scores: pd.DataFrame, methods: list[str], outdir: Path, result: dict) -
     ax.set_xlabel("Signal efficiency")
     ax.set_ylabel("Background rejection 1/FPR")
     ax.legend(fontsize=14)
-    hep.cms.label(data=False, ax=ax, fontsize=16, com=13.6)
-    written.append(outdir / "roc.png")
-    fig.savefig(written[-1], dpi=80, bbox_inches="tight")
-    plt.close(fig)
-    process = scores["process"] if "process" in scores else scores["dataset"]
-    backgrounds = scores[y == 0].groupby(process[y == 0])["weight"].sum().sort_values().index.tolist()
+    experiment_label(ax, style, data=False)
+    written.append(save(fig, outdir / "roc.png"))
+    process = scores[_process_column(scores)].astype(str).to_numpy()
+    present = set(process)
     for m in methods:
         col = scores[f"score_{m}"].to_numpy()
         bins = np.linspace(min(0.0, col.min()), max(1.0, col.max()), 26)
-        fig, ax = plt.subplots(figsize=(8, 7))
-        stack = [np.histogram(col[(y == 0) & (process == p)], bins, weights=w[(y == 0) & (process == p)])[0]
-                 for p in backgrounds]
-        if stack:
-            hep.histplot(stack, bins, ax=ax, stack=True, histtype="fill", label=backgrounds)
-        sig = np.histogram(col[y == 1], bins, weights=w[y == 1])[0]
-        top = max((sum(stack).max() if stack else 0.0), 1e-12)
-        factor = 10 ** max(0, int(np.floor(np.log10(top / max(sig.max(), 1e-12)))))
-        hep.histplot(sig * factor, bins, ax=ax, histtype="step", color="black", linewidth=2.5,
-                     label="signal" if factor == 1 else f"signal $\\times$ {factor:g}")
-        ax.set_yscale("log")
-        ax.set_xlabel(f"{m} score (out of fold)")
-        ax.set_ylabel("Events")
-        ax.legend(fontsize=13)
-        hep.cms.label(data=False, ax=ax, fontsize=16, com=13.6)
-        written.append(outdir / f"score_{m}.png")
-        fig.savefig(written[-1], dpi=80, bbox_inches="tight")
-        plt.close(fig)
+
+        def hist(mask):
+            return (np.histogram(col[mask], bins, weights=w[mask])[0],
+                    np.histogram(col[mask], bins, weights=w[mask] ** 2)[0])
+
+        backgrounds = [p for p in style.stack if p in present] + sorted(
+            {p for p in process[y == 0] if p not in style.stack})
+        signals = [p for p in style.processes if style.kind(p) == "signal" and p in present] + sorted(
+            {p for p in process[y == 1] if style.kind(p) != "signal"})
+        panel = Panel(edges=bins, x_label=f"{m} score (out of fold)",
+                      backgrounds={p: hist((y == 0) & (process == p)) for p in backgrounds},
+                      signals={p: hist((y == 1) & (process == p))[0] for p in signals})
+        written.append(draw_panel(panel, style, outdir / f"score_{m}.png"))
     return written
 
 

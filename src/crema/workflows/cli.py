@@ -72,6 +72,9 @@ def run_and_write(config: Config, outdir: Path, plots: bool = True, resume: bool
     # rich wraps at 80 columns when not writing to a terminal; a cutflow reads better unwrapped
     print_cutflow(output, Console(width=None if sys.stdout.isatty() else 200), order=list(config.samples))
     print_problems(report, console)
+    from crema.workflows.plots import run_style
+
+    style = run_style(output, config.samples, config)  # one look for every plot of the run, kept in run.json
     with contextlib.ExitStack() as stack:
         drawn = None
         if plots:
@@ -84,8 +87,9 @@ def run_and_write(config: Config, outdir: Path, plots: bool = True, resume: bool
             # tens of seconds with all systematics); spawn, as forking a process with threads is unsafe
             pool = stack.enter_context(ProcessPoolExecutor(1, mp_context=get_context("spawn")))
             drawn = pool.submit(plot_all, output, config.samples, outdir / "plots",
-                                config.plots.regions, config.plots.observables)
-        paths = write_outputs(output, config.samples, outdir, report.to_dict(), order=list(config.samples))
+                                config.plots.regions, config.plots.observables, style)
+        paths = write_outputs(output, config.samples, outdir, report.to_dict(), order=list(config.samples),
+                              style=style)
         if "eft_histograms" in output:
             from crema.workflows.eft_outputs import write_eft_outputs
 
@@ -158,13 +162,15 @@ def cmd_btag_eff(args: argparse.Namespace) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
-    from crema.workflows.outputs import read_histograms
-    from crema.workflows.plots import plot_all
+    from crema.workflows.outputs import read_histograms, read_plot_style
+    from crema.workflows.plots import plot_all, run_style
 
     outdir = Path(args.output_dir)
     config = load_config(outdir / "config.yaml")
     # histograms.npz and run.json hold no code (never output.coffea, a pickle: reading it runs code)
     output, samples = read_histograms(outdir)
+    # the run's own colours, signal scale and labels (runs written without them: from the config)
+    style = (read_plot_style(outdir) or run_style(output, samples, config)).with_options(logy=args.logy)
     regions = None if args.all else config.plots.regions
     observables = args.observable or config.plots.observables
     if args.observable:
@@ -177,11 +183,12 @@ def cmd_plot(args: argparse.Namespace) -> None:
         from crema.workflows.plots import plot_variation
 
         try:
-            paths = plot_variation(output, samples, args.systematic, target, args.process, regions, observables)
+            paths = plot_variation(output, samples, args.systematic, target, args.process, regions, observables,
+                                   style)
         except ValueError as err:
             raise ConfigError(str(err)) from None
     else:
-        paths = plot_all(output, samples, target, regions, observables)
+        paths = plot_all(output, samples, target, regions, observables, style)
     console.print(f"wrote {len(paths)} plots")
 
 
@@ -258,6 +265,8 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--systematic", help="draw this variation's Up/Down against nominal (e.g. JES_Absolute, pileup)")
     pl.add_argument("--process", help="with --systematic: one process (default: all backgrounds summed)")
     pl.add_argument("--observable", nargs="+", help="only these observables")
+    pl.add_argument("--logy", action=argparse.BooleanOptionalAction, default=None,
+                    help="logarithmic y axis (default: the config's plots.logy, false unless set)")
     pl.set_defaults(func=cmd_plot)
 
     f = sub.add_parser("fit", help="pyhf workspace, expected significance and CLs limits from a finished run")

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import yaml
 
 from crema.processors.classifier_dataset import ClassifierDatasetConfig
+from crema.plotting import ProcessStyle
 from crema.processors.common import SampleInfo
 from crema.schema import ConfigError, from_dict, load, to_dict
 from crema.stats.config import FitConfig
@@ -106,10 +107,20 @@ class ProcessorConfig:
 
 @dataclass(frozen=True)
 class PlotConfig:
-    """Which nominal histograms ``crema run`` draws (null: all)."""
+    """Which nominal histograms ``crema run`` draws (null: all) and how (see the README's plots section)."""
 
     regions: list[str] | None = field(default_factory=lambda: ["inclusive"])
     observables: list[str] | None = None
+    signal_scale: float | None = None  # null: the power of ten that makes the largest signal 2-20% of the background
+    logy: bool = False
+    label: str | None = None  # experiment label text (null: "Private work", with "Simulation" when no data)
+    energy_tev: float = 13.6  # centre-of-mass energy in the luminosity label
+
+    def validate(self) -> None:
+        if self.signal_scale is not None and not self.signal_scale > 0:
+            raise ConfigError(f"signal_scale: must be > 0, got {self.signal_scale:g}")
+        if not self.energy_tev > 0:
+            raise ConfigError(f"energy_tev: must be > 0, got {self.energy_tev:g}")
 
 
 @dataclass(frozen=True)
@@ -123,6 +134,7 @@ class Config:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     output: str = "crema-out"
     plots: PlotConfig = field(default_factory=PlotConfig)
+    processes: dict[str, ProcessStyle] = field(default_factory=dict)  # colour and legend label per process
     fit: FitConfig = field(default_factory=FitConfig)
     classifier: ClassifierDatasetConfig | None = None  # crema classifier-dataset: features per selected event
 
@@ -133,6 +145,11 @@ class Config:
             raise ConfigError(f"datasets: dataset name {dupes[0]!r} appears twice")
         if not self.datasets:
             raise ConfigError("datasets: at least one dataset is needed")
+        known = [d.process for d in self.datasets if d.kind != "data"]
+        for name in self.processes:
+            if name not in known:
+                raise ConfigError(f"processes.{name}: no simulated dataset has process {name!r} "
+                                  f"(known: {', '.join(dict.fromkeys(known))})")
 
     @property
     def samples(self) -> dict[str, SampleInfo]:

@@ -187,7 +187,8 @@ def run_fit(run_dir: str | Path, outdir: str | Path, fit: FitConfig | None = Non
     if plots:
         from crema.workflows import fit_plots
 
-        fit_plots.draw_all(model.model, fitted, ranked, built, inputs, outdir, inputs.fit.ranking)
+        fit_plots.draw_all(model.model, fitted, ranked, built, outdir, inputs.fit.ranking,
+                           _plot_style(run_dir, inputs.config), _observable_label(inputs.config, inputs.fit.observable))
     results["seconds"] = time.perf_counter() - start  # printed, not written: the JSON is deterministic
     return results
 
@@ -220,8 +221,28 @@ def run_scan(run_dir: str | Path, outdir: str | Path, fit: FitConfig | None = No
     if plots:
         from crema.workflows import fit_plots
 
-        fit_plots.brazil(scan, config.luminosity_fb, outdir / "brazil.png")
+        fit_plots.brazil(scan, _plot_style(run_dir, config), outdir / "brazil.png")
     return scan
+
+
+def _plot_style(run_dir: str | Path, config: Config):
+    """The run's plot style (run.json), so fit plots share its colours and labels."""
+    from crema.workflows.outputs import read_plot_style
+    from crema.workflows.plots import run_style
+
+    return read_plot_style(run_dir) or run_style(None, config.samples, config)
+
+
+def _observable_label(config: Config, observable: str) -> str:
+    """The axis label of ``observable`` from the run's histogram definitions (else its name)."""
+    from crema.processors.common import load_histogram_specs
+
+    try:
+        specs = load_histogram_specs(config.processor.options.get("histograms", config.processor.name))
+    except ConfigError:
+        return observable
+    spec = specs.get(observable)
+    return spec.label if spec is not None and spec.label else observable
 
 
 def _reason(err: BaseException) -> str:

@@ -63,7 +63,9 @@ def fit_unbinned(run_dir: str | Path, model_dir: str | Path, outdir: str | Path 
     lik = unbinned_model(model.term_values(table), table["weight"].to_numpy(), model.wc_names)
     result = {"observables": [f"unbinned:{Path(model_dir).name}"], "systematics": [],
               "events": int(len(table)), "fold": held_out_fold(model.training["fold"])}
-    return fit_model(lik, None, result, outdir, span, points, plots)
+    from crema.plotting import read_style
+
+    return fit_model(lik, None, result, outdir, span, points, plots, style=read_style(run_dir))
 
 
 # ---------------------------------------------------------------------------- report

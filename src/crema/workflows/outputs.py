@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from crema.histograms import io as store
+from crema.plotting import RunStyle
 from crema.processors.common import SampleInfo
 
 NOMINAL = "nominal"
@@ -122,8 +123,10 @@ def write_report(report: dict[str, Any], outdir: str | Path) -> Path:
     return path
 
 
-def write_histograms(output: dict[str, Any], samples: dict[str, SampleInfo], outdir: Path) -> dict[str, Path]:
-    """histograms.npz (crema.histograms.io, no pickle) and run.json (luminosity, samples, scales)."""
+def write_histograms(output: dict[str, Any], samples: dict[str, SampleInfo], outdir: Path,
+                     style: RunStyle | None = None) -> dict[str, Path]:
+    """histograms.npz (crema.histograms.io, no pickle) and run.json (luminosity, samples, scales and,
+    given ``style``, the plot style under ``plots``)."""
     paths = {"histograms": outdir / "histograms.npz", "run": outdir / "run.json"}
     store.save({"histograms": output["histograms"]}, paths["histograms"])
     meta = {
@@ -131,6 +134,8 @@ def write_histograms(output: dict[str, Any], samples: dict[str, SampleInfo], out
         "samples": {name: {"kind": s.kind, "process": s.process, "xsec_pb": s.xsec_pb} for name, s in samples.items()},
         "scale": {k: float(v) for k, v in output.get("scale", {}).items()},
     }
+    if style is not None:
+        meta["plots"] = style.to_dict()
     paths["run"].write_text(json.dumps(meta, indent=2))
     return paths
 
@@ -153,8 +158,16 @@ def read_histograms(outdir: str | Path) -> tuple[dict[str, Any], dict[str, Sampl
     return {"histograms": hists, "luminosity_fb": meta.get("luminosity_fb")}, samples
 
 
+def read_plot_style(outdir: str | Path) -> RunStyle | None:
+    """The plot style stored in ``outdir/run.json`` (None for runs written without one)."""
+    from crema.plotting import read_style
+
+    return read_style(outdir)
+
+
 def write_outputs(output: dict[str, Any], samples: dict[str, SampleInfo], outdir: str | Path,
-                  report: dict[str, Any] | None = None, order: list[str] | None = None) -> dict[str, Path]:
+                  report: dict[str, Any] | None = None, order: list[str] | None = None,
+                  style: RunStyle | None = None) -> dict[str, Path]:
     """Write histograms.root, histograms.npz, run.json, cutflow.json, output.coffea (plus report.json)."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -165,7 +178,7 @@ def write_outputs(output: dict[str, Any], samples: dict[str, SampleInfo], outdir
     }
     save(output, paths["coffea"])  # for coffea users; a pickle, so crema itself never reads it back
     write_root(output, samples, paths["root"])
-    paths.update(write_histograms(output, samples, outdir))
+    paths.update(write_histograms(output, samples, outdir, style))
     paths["cutflow"].write_text(json.dumps(cutflow_dict(output, order or list(samples)), indent=2))
     if report is not None:
         paths["report"] = write_report(report, outdir)
