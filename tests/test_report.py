@@ -32,8 +32,8 @@ def run(tmp_path_factory):
     file skipped; stdout and stderr captured together (in the order a terminal shows them) at COLUMNS=80."""
     tmp = tmp_path_factory.mktemp("report")
     datasets = []
-    for name, process, kind, n in [("XHH_800_SL", "hh_sl", "signal", 200), ("XHH_800_DL", "hh_dl", "signal", 200),
-                                   ("TTto2L", "tt_dl", "background", 300)]:
+    for name, process, kind, n in [("XHH_800_SL", "hh_sl", "signal", 120), ("XHH_800_DL", "hh_dl", "signal", 120),
+                                   ("TTto2L", "tt_dl", "background", 150)]:
         path = write_nanoaod(tmp / f"{name}.root", process, n, seed=len(datasets) + 1)
         datasets.append({"name": name, "kind": kind, "process": "XHH_800" if kind == "signal" else "ttbar",
                          "xsec_pb": 1.0, "files": [str(path)]})
@@ -42,7 +42,7 @@ def run(tmp_path_factory):
     datasets[-1]["files"].append(str(bad))
     config = {"luminosity_fb": 7.98, "datasets": datasets,
               "executor": {"name": "iterative", "chunksize": 1000, "progress": False, "skip_bad_files": True},
-              "plots": {"regions": ["inclusive", "resolved_2b"], "observables": ["n_jets", "m_bb"]},
+              "plots": {"regions": ["inclusive"], "observables": ["n_jets", "m_bb"]},
               "fit": {"norm_uncertainties": {"ttbar": 0.05}}}
     (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     out = tmp / "out"
