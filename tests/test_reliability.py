@@ -234,6 +234,7 @@ def test_corrupt_basket_is_one_chunk(tmp_path, compression, capsys):
     assert "Traceback" not in err
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "failed" and report["bad_chunks"][0]["branch"] == branch
+    assert '<span class="status failed">failed</span>' in (out / "report.html").read_text()
     kept = list((out / "checkpoint").glob("*/chunks/*.npz"))
     assert len(kept) == report["total_chunks"] - 1 == 2
 
