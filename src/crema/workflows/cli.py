@@ -135,8 +135,8 @@ def run_and_write(config: Config, outdir: Path, plots: bool = True, resume: bool
     shutil.rmtree(outdir / CHECKPOINT, ignore_errors=True)
     n = report.to_dict()["processed_events"]
     resumed = f", {report.resumed_chunks} of {report.total_chunks} chunks from the checkpoint" if report.resumed_chunks else ""
-    console.print(f"processed {n} events in {elapsed:.1f} s ({config.executor.name}{resumed}); outputs in {outdir}"
-                  + (f", summary in {paths['html'].name}" if "html" in paths else ""))
+    where = "outputs and report.html" if "html" in paths else "outputs"
+    console.print(f"processed {n} events in {elapsed:.1f} s ({config.executor.name}{resumed}); {where} in {outdir}")
     print_problems(report, console, output.get("cutflow"))
     return {"output": output, "report": report, "paths": paths}
 

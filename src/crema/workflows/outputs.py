@@ -139,22 +139,36 @@ def print_cutflow(output: dict[str, Any], console: Console | None = None, order:
         widths = {}
         for ds, column in cells.items():
             numbers = max(map(len, column))
-            widths[ds] = min(max(numbers, min(len(ds), max(numbers, 12))), max(room - _COLUMN_EXTRA, numbers))
-        blocks: list[list[str]] = [[]]
-        for ds in datasets:
-            if blocks[-1] and sum(widths[d] + _COLUMN_EXTRA for d in [*blocks[-1], ds]) > room:
-                blocks.append([])
-            blocks[-1].append(ds)
+            header = min(len(ds), max(numbers, 12))  # longer names fold onto several header lines
+            widths[ds] = max(numbers, min(header, room - _COLUMN_EXTRA))
+        blocks = _blocks(list(datasets), widths, room)
         for i, block in enumerate(blocks):
             part = f" [{i + 1}/{len(blocks)}]" if len(blocks) > 1 else ""
-            table = Table(title=f"Cutflow, {ch.upper()} channel{part}: events / yield at {lumi:g} fb^-1",
-                          box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+            title = f"Cutflow, {ch.upper()} channel{part}: events / yield at {lumi:g} fb^-1"
+            table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                          min_width=min(len(title), console.width))  # a title on one line
             table.add_column("cut", max_width=cut_width, overflow="fold")
             for ds in block:
                 table.add_column(fold(ds, widths[ds]), justify="right", no_wrap=True, width=widths[ds])
             for row, cut in enumerate(cuts):
                 table.add_row(cut, *(cells[ds][row] for ds in block))
             console.print(table)
+
+
+def _blocks(names: list[str], widths: dict[str, int], room: int) -> list[list[str]]:
+    """``names`` in as few consecutive groups as fit side by side in ``room`` columns, as even as can be."""
+    def fits(block: list[str]) -> bool:
+        return sum(widths[d] + _COLUMN_EXTRA for d in block) <= room
+
+    blocks: list[list[str]] = [[]]
+    for name in names:
+        if blocks[-1] and not fits([*blocks[-1], name]):
+            blocks.append([])
+        blocks[-1].append(name)
+    n = len(blocks)
+    sizes = [len(names) // n + (i < len(names) % n) for i in range(n)]
+    even = [names[sum(sizes[:i]):sum(sizes[:i + 1])] for i in range(n)]
+    return even if all(map(fits, even)) else blocks
 
 
 def undefined_fractions(report: dict[str, Any], cutflow: dict[str, Any]) -> dict[str, dict[str, float]]:
