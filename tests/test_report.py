@@ -192,6 +192,24 @@ def test_html_tables_equal_the_run_json(run):
     assert set(report["timings_s"]) == {"preflight", "processing", "merge", "outputs", "plots"}
 
 
+def test_html_yields_equal_the_cutflow(run):
+    """Every selected event is in the inclusive region: the yield table there is the cutflow's last cut."""
+    out, _ = run
+    text = (out / "report.html").read_text()
+    cells = re.findall(r'data-process="([^"]*)" data-channel="([^"]*)" data-region="([^"]*)" data-yield="([^"]*)" '
+                       r'data-stat="([^"]*)"', text)
+    table = {(p, ch, reg): (float(v), float(s)) for p, ch, reg, v, s in cells}
+    cutflow = json.loads((out / "cutflow.json").read_text())
+    processes = {"XHH_800": ["XHH_800_SL", "XHH_800_DL"], "ttbar": ["TTto2L"]}
+    for ch in ("sl", "dl"):
+        for process, datasets in processes.items():
+            expected = sum(list(cutflow[ds][ch].values())[-1]["yield"] for ds in datasets)
+            value, stat = table[(process, ch, "inclusive")]
+            assert value == pytest.approx(expected, rel=1e-9)
+            assert 0 < stat < value  # a few tens of events of similar weight
+        assert table[("total background", ch, "inclusive")] == table[("ttbar", ch, "inclusive")]
+
+
 def test_html_shows_problems_yields_systematics_and_escapes(run):
     out, _ = run
     text = (out / "report.html").read_text()

@@ -33,7 +33,8 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans
        max-width: 1400px; padding: 0 1.5em 3em; color: #1d1d1f; line-height: 1.4; }
 h1 { margin: 0.8em 0 0.2em; } h2 { margin-top: 1.8em; border-bottom: 2px solid #ddd; padding-bottom: 0.2em; }
 h3 { margin: 1.2em 0 0.4em; }
-nav a { margin-right: 1em; } .muted { color: #666; } .num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+nav a { margin-right: 1em; } .muted { color: #666; }
+.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .status { display: inline-block; padding: 0.1em 0.6em; border-radius: 0.3em; color: white; font-weight: bold; }
 .status.complete { background: #2e7d32; } .status.failed { background: #c62828; }
 .status.interrupted { background: #ef6c00; }
@@ -259,7 +260,7 @@ def _cutflow(cutflow: dict[str, Any], run_meta: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _pick_observable(h, samples: dict[str, Any], c: int, r: int) -> float:
+def _simulated_total(h, samples: dict[str, Any], c: int, r: int) -> float:
     """Nominal simulated sum of weights (flow bins included) of histogram ``h`` in channel ``c``, region ``r``."""
     view = h.view(flow=True)["value"]
     s = list(h.axes["systematic"]).index(NOMINAL)
@@ -285,7 +286,7 @@ def _yields(histograms, run_meta: dict[str, Any]) -> str:
     columns, chosen = [], {}
     for c, ch in enumerate(channels):
         for r, reg in enumerate(regions):
-            totals = {name: _pick_observable(h, samples, c, r) for name, h in hists.items()}
+            totals = {name: _simulated_total(h, samples, c, r) for name, h in hists.items()}
             chosen[(ch, reg)] = max(totals, key=totals.get)  # first of equals: config order
             columns.append((ch, reg))
     by_key: dict[tuple[str, str, str], Any] = {}
@@ -315,7 +316,8 @@ def _yields(histograms, run_meta: dict[str, Any]) -> str:
         for ch, reg in columns:
             v, var = value(process, ch, reg)
             shown = f"{_num(v)} &plusmn; {_num(var ** 0.5, 2)}" if v or var else "0"
-            row.append(f'<td class="num" data-yield="{v!r}" data-stat="{var ** 0.5!r}">{shown}</td>')
+            row.append(f'<td class="num" data-process="{_e(label)}" data-channel="{_e(ch)}" data-region="{_e(reg)}" '
+                       f'data-yield="{v!r}" data-stat="{var ** 0.5!r}">{shown}</td>')
         rows.append(row)
     used = sorted(set(chosen.values()))
     note = (f'<p class="muted">sum of weights at {_e(run_meta.get("luminosity_fb"))} fb<sup>-1</sup> &plusmn; MC '
