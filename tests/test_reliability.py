@@ -75,7 +75,8 @@ def assert_identical(a: Path, b: Path) -> None:
         assert np.array_equal(va[name], vb[name]), name  # bit-identical, not approximately equal
     assert (a / "cutflow.json").read_text() == (b / "cutflow.json").read_text()
     ra, rb = json.loads((a / "report.json").read_text()), json.loads((b / "report.json").read_text())
-    ra.pop("resumed_chunks"), rb.pop("resumed_chunks")
+    for key in ("resumed_chunks", "timings_s"):  # how the run went, not what it produced
+        ra.pop(key), rb.pop(key)
     assert ra == rb
 
 
@@ -233,6 +234,7 @@ def test_corrupt_basket_is_one_chunk(tmp_path, compression, capsys):
     assert "Traceback" not in err
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "failed" and report["bad_chunks"][0]["branch"] == branch
+    assert '<span class="status failed">failed</span>' in (out / "report.html").read_text()
     kept = list((out / "checkpoint").glob("*/chunks/*.npz"))
     assert len(kept) == report["total_chunks"] - 1 == 2
 

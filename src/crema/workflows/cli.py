@@ -49,15 +49,40 @@ def _executor_overrides(args: argparse.Namespace) -> dict:
     return overrides
 
 
+@contextlib.contextmanager
+def _status(text: str):
+    """A spinner with ``text`` while a step runs on a terminal; elsewhere (logs, CI) ``text`` as a
+    plain line. Yields a function that replaces the text."""
+    if console.is_terminal:
+        with console.status(text) as status:
+            yield status.update
+    else:
+        console.print(text, highlight=False)
+        yield lambda t: console.print(t, highlight=False)
+
+
+def _write_html(outdir: Path, plots_since: float | None = None) -> Path | None:
+    """report.html of ``outdir``; a failure to build it is a warning, never the end of a run."""
+    from crema.workflows.html_report import write_html_report
+
+    try:
+        return write_html_report(outdir, plots_since=plots_since)
+    except Exception as err:  # the run's own outputs are written; the page is a summary of them
+        console.print(f"[yellow]warning:[/] report.html not written ({type(err).__name__}: {err})")
+        return None
+
+
 def run_and_write(config: Config, outdir: Path, plots: bool = True, resume: bool = False) -> dict:
-    """Run ``config`` with checkpoints in ``outdir/checkpoint``, print the cutflow and a problems panel,
-    write all outputs into ``outdir``. report.json is written also when the run fails or is interrupted
-    (the checkpoint is then kept for ``--resume``); after a complete run the checkpoint is removed."""
+    """Run ``config`` with checkpoints in ``outdir/checkpoint``, print the cutflow, write all outputs
+    into ``outdir`` (report.html last) and print what was lost or not finite. report.json and
+    report.html are written also when the run fails or is interrupted (the checkpoint is then kept for
+    ``--resume``); after a complete run the checkpoint is removed."""
     from crema.workflows.outputs import print_cutflow, print_problems, write_outputs, write_report
 
     outdir.mkdir(parents=True, exist_ok=True)
     config = replace(config, output=str(outdir.resolve()))
     dump_config(config, outdir / "config.yaml")
+    started = (outdir / "config.yaml").stat().st_mtime  # file-system clock: older plots are an earlier run's
     start = time.perf_counter()
     try:
         output, report = run(config, checkpoint=outdir / CHECKPOINT, resume=resume)
@@ -65,17 +90,19 @@ def run_and_write(config: Config, outdir: Path, plots: bool = True, resume: bool
         report = getattr(err, "report", None) or getattr(err, "crema_report", None)
         if report is not None:
             write_report(report.to_dict(), outdir)
+            _write_html(outdir)
             if report.bad_files or report.bad_chunks:
                 print_problems(report, console)
         raise
     elapsed = time.perf_counter() - start
-    # rich wraps at 80 columns when not writing to a terminal; a cutflow reads better unwrapped
-    print_cutflow(output, Console(width=None if sys.stdout.isatty() else 200), order=list(config.samples))
-    print_problems(report, console)
+    # stdout, as wide as the terminal (COLUMNS when set; 80 columns when not a terminal)
+    print_cutflow(output, Console(), order=list(config.samples))
     from crema.workflows.plots import run_style
 
     style = run_style(output, config.samples, config)  # one look for every plot of the run, kept in run.json
+    written = ["histograms.root", "histograms.npz", "output.coffea"] + (["plots"] if plots else [])
     with contextlib.ExitStack() as stack:
+        update = stack.enter_context(_status(f"writing {', '.join(written)} in {outdir}"))
         drawn = None
         if plots:
             from concurrent.futures import ProcessPoolExecutor
@@ -86,10 +113,11 @@ def run_and_write(config: Config, outdir: Path, plots: bool = True, resume: bool
             # plots are drawn in a second process while this one writes the ROOT file (both take
             # tens of seconds with all systematics); spawn, as forking a process with threads is unsafe
             pool = stack.enter_context(ProcessPoolExecutor(1, mp_context=get_context("spawn")))
+            plots_start = time.perf_counter()
             drawn = pool.submit(plot_all, output, config.samples, outdir / "plots",
                                 config.plots.regions, config.plots.observables, style)
-        paths = write_outputs(output, config.samples, outdir, report.to_dict(), order=list(config.samples),
-                              style=style)
+        outputs_start = time.perf_counter()
+        paths = write_outputs(output, config.samples, outdir, order=list(config.samples), style=style)
         if "eft_histograms" in output:
             from crema.workflows.eft_outputs import write_eft_outputs
 
@@ -97,12 +125,22 @@ def run_and_write(config: Config, outdir: Path, plots: bool = True, resume: bool
         if output.get("processed_lumis"):  # dataset -> CMS lumi JSON, the input of brilcalc
             paths["processed_lumis"] = outdir / "processed_lumis.json"
             paths["processed_lumis"].write_text(json.dumps(output["processed_lumis"]) + "\n")
+        report.timings["outputs"] = time.perf_counter() - outputs_start
+        paths["report"] = write_report(report.to_dict(), outdir)
         if drawn is not None:
+            update("drawing plots")
             drawn.result()
+            report.timings["plots"] = time.perf_counter() - plots_start
+            write_report(report.to_dict(), outdir)
+        update("writing report.html")
+        if html := _write_html(outdir, plots_since=started):
+            paths["html"] = html
     shutil.rmtree(outdir / CHECKPOINT, ignore_errors=True)
     n = report.to_dict()["processed_events"]
     resumed = f", {report.resumed_chunks} of {report.total_chunks} chunks from the checkpoint" if report.resumed_chunks else ""
-    console.print(f"processed {n} events in {elapsed:.1f} s ({config.executor.name}{resumed}); outputs in {outdir}")
+    where = "outputs and report.html" if "html" in paths else "outputs"
+    console.print(f"processed {n} events in {elapsed:.1f} s ({config.executor.name}{resumed}); {where} in {outdir}")
+    print_problems(report, console, output.get("cutflow"))
     return {"output": output, "report": report, "paths": paths}
 
 
@@ -192,6 +230,13 @@ def cmd_plot(args: argparse.Namespace) -> None:
     console.print(f"wrote {len(paths)} plots")
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from crema.workflows.html_report import write_html_report
+
+    path = write_html_report(args.run_dir, args.output)
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
 def cmd_fit(args: argparse.Namespace) -> None:
     from crema.schema import from_dict, to_dict
     from crema.stats.config import FitConfig
@@ -268,6 +313,11 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--logy", action=argparse.BooleanOptionalAction, default=None,
                     help="logarithmic y axis (default: the config's plots.logy, false unless set)")
     pl.set_defaults(func=cmd_plot)
+
+    rp = sub.add_parser("report", help="(re)write the HTML summary of a finished run (after crema plot, say)")
+    rp.add_argument("run_dir", help="a run's output directory (holding report.json)")
+    rp.add_argument("-o", "--output", help="the HTML file to write (default: RUN_DIR/report.html)")
+    rp.set_defaults(func=cmd_report)
 
     f = sub.add_parser("fit", help="pyhf workspace, expected significance and CLs limits from a finished run")
     f.add_argument("run_dir", help="a run's output directory (holding config.yaml and histograms.root)")

@@ -9,6 +9,7 @@ process (datasets summed by their ``process`` label), ``data_obs`` for data; var
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import hist
 import uproot
 from coffea.util import save
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -81,37 +83,143 @@ def cutflow_dict(output: dict[str, Any], order: list[str] | None = None) -> dict
     }
 
 
+def compact(x: float, exact_below: float = 0.0) -> str:
+    """``x`` with 3 significant digits and a k/M/G suffix from 1000 on (7980.4 -> ``7.98k``);
+    integers below ``exact_below`` are written in full (event counts)."""
+    if abs(x) < exact_below and float(x).is_integer():
+        return str(int(x))
+    if abs(x) < 999.5:
+        return f"{x:.3g}"
+    for suffix, scale in (("k", 1e3), ("M", 1e6), ("G", 1e9)):
+        if abs(x) / scale < 999.5:
+            return f"{x / scale:.3g}{suffix}"
+    return f"{x:.3g}"
+
+
+def fold(name: str, width: int) -> str:
+    """``name`` on lines of at most ``width`` characters, broken after ``_``, ``-`` or ``.`` where
+    possible (a dataset name in a narrow column stays whole, never cut to ``XHH_80...``)."""
+    lines, line = [], ""
+    for piece in re.findall(r"[^_.-]*[_.-]|[^_.-]+$", name):
+        while len(piece) > width:  # no separator close enough: break inside the word
+            if line:
+                lines.append(line)
+                line = ""
+            lines.append(piece[:width])
+            piece = piece[width:]
+        if len(line) + len(piece) > width:
+            lines.append(line)
+            line = ""
+        line += piece
+    return "\n".join([*lines, line] if line else lines)
+
+
+# the tables have no vertical borders and no edge padding (box.SIMPLE_HEAD): three characters
+# between two columns
+_COLUMN_EXTRA = 3
+_CUT_WIDTH = 24  # longer cut names fold
+
+
 def print_cutflow(output: dict[str, Any], console: Console | None = None, order: list[str] | None = None) -> None:
-    """One table per channel: cuts as rows, datasets as columns (events, and normalised yield)."""
+    """One table per channel: cuts as rows, datasets as columns (events / normalised yield).
+
+    The tables fit the console: numbers in 3 significant digits (event counts below 10000 in full),
+    dataset names folded onto several header lines rather than cut, and datasets split over
+    several tables when they do not fit side by side."""
     console = console or Console()
     per_channel: dict[str, dict[str, dict[str, tuple[int, float]]]] = defaultdict(dict)
     for ds, chans in cutflow_dict(output, order).items():
         for ch, cuts in chans.items():
             per_channel[ch][ds] = {cut: (v["events"], v["yield"]) for cut, v in cuts.items()}
+    lumi = output.get("luminosity_fb") or 0
     for ch, datasets in per_channel.items():
-        table = Table(title=f"Cutflow, {ch.upper()} channel (events / yield at {output.get('luminosity_fb', 0):g} fb^-1)")
-        table.add_column("cut")
-        for ds in datasets:
-            table.add_column(ds, justify="right")
         cuts = list(next(iter(datasets.values())))
-        for cut in cuts:
-            table.add_row(cut, *(f"{d[cut][0]} / {d[cut][1]:.4g}" for d in datasets.values()))
-        console.print(table)
+        cut_width = min(max(len(c) for c in [*cuts, "cut"]), _CUT_WIDTH)
+        room = console.width - cut_width  # what the dataset columns and their spacing may use
+        cells = {ds: [f"{compact(d[c][0], 10_000)} / {compact(d[c][1])}" for c in cuts] for ds, d in datasets.items()}
+        widths = {}
+        for ds, column in cells.items():
+            numbers = max(map(len, column))
+            header = min(len(ds), max(numbers, 12))  # longer names fold onto several header lines
+            widths[ds] = max(numbers, min(header, room - _COLUMN_EXTRA))
+        blocks = _blocks(list(datasets), widths, room)
+        for i, block in enumerate(blocks):
+            part = f" [{i + 1}/{len(blocks)}]" if len(blocks) > 1 else ""
+            title = f"Cutflow, {ch.upper()} channel{part}: events / yield at {lumi:g} fb^-1"
+            table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                          min_width=min(len(title), console.width))  # a title on one line
+            table.add_column("cut", max_width=cut_width, overflow="fold")
+            for ds in block:
+                table.add_column(fold(ds, widths[ds]), justify="right", no_wrap=True, width=widths[ds])
+            for row, cut in enumerate(cuts):
+                table.add_row(cut, *(cells[ds][row] for ds in block))
+            console.print(table)
 
 
-def print_problems(report, console: Console) -> None:
-    """A short panel of what was skipped or lost (nothing when the run read everything)."""
+def _blocks(names: list[str], widths: dict[str, int], room: int) -> list[list[str]]:
+    """``names`` in as few consecutive groups as fit side by side in ``room`` columns, as even as can be."""
+    def fits(block: list[str]) -> bool:
+        return sum(widths[d] + _COLUMN_EXTRA for d in block) <= room
+
+    blocks: list[list[str]] = [[]]
+    for name in names:
+        if blocks[-1] and not fits([*blocks[-1], name]):
+            blocks.append([])
+        blocks[-1].append(name)
+    n = len(blocks)
+    sizes = [len(names) // n + (i < len(names) % n) for i in range(n)]
+    even = [names[sum(sizes[:i]):sum(sizes[:i + 1])] for i in range(n)]
+    return even if all(map(fits, even)) else blocks
+
+
+def undefined_fractions(report: dict[str, Any], cutflow: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """channel -> observable -> fraction of the selected events (all datasets) without a value of
+    the observable (so not filled), from report.json's ``undefined`` and the cutflow's last cut
+    (``output["cutflow"]`` or cutflow.json)."""
+    missing: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    selected: dict[str, int] = defaultdict(int)
+    for ds, chans in report.get("undefined", {}).items():
+        for ch, observables in chans.items():
+            cuts = cutflow.get(ds, {}).get(ch)
+            if not cuts:
+                continue
+            last = list(cuts.values())[-1]
+            selected[ch] += int(last["events"] if isinstance(last, dict) else last)  # cutflow.json or output
+            for obs, n in observables.items():
+                missing[ch][obs] += int(n)
+    return {ch: {obs: n / selected[ch] for obs, n in sorted(obs_n.items(), key=lambda kv: -kv[1]) if n}
+            for ch, obs_n in missing.items() if selected[ch]}
+
+
+def print_problems(report, console: Console, cutflow: dict[str, Any] | None = None) -> None:
+    """What was skipped, lost or not finite, in a panel (none when everything was read); then, given
+    the run's ``cutflow`` (events per dataset, channel and cut), which observables some selected
+    events have no value of."""
     from rich.panel import Panel
 
     d = report.to_dict()
     lines = report.lines()
-    if not lines and not d.get("error"):
-        return
-    head = (f"{d['lost_events_total']} events lost of {d['processed_events'] + d['lost_events_total']} "
-            f"({len(d['bad_files'])} bad files, {len(d['bad_chunks'])} bad chunks); details in report.json")
-    shown = lines[:8] + ([f"... and {len(lines) - 8} more"] if len(lines) > 8 else [])
-    console.print(Panel("\n".join([head, *shown]), title=f"run {d['status']}: problems", border_style="yellow",
-                        expand=False))
+    nonfinite = {b: n for b, n in d.get("nonfinite", {}).items() if n}
+    if nonfinite:
+        worst = sorted(nonfinite.items(), key=lambda kv: -kv[1])
+        lines.append(f"non-finite or unphysical values in {len(nonfinite)} branch(es): "
+                     + ", ".join(f"{b} ({n})" for b, n in worst[:5]) + (", ..." if len(worst) > 5 else ""))
+    if lines or d.get("error"):
+        head = (f"{d['lost_events_total']} events lost of {d['processed_events'] + d['lost_events_total']} "
+                f"({len(d['bad_files'])} bad files, {len(d['bad_chunks'])} bad chunks); details in report.json")
+        shown = lines[:8] + ([f"... and {len(lines) - 8} more"] if len(lines) > 8 else [])
+        console.print(Panel("\n".join([head, *shown]), title=f"run {d['status']}: problems", border_style="yellow",
+                            expand=False))
+    fractions = undefined_fractions(d, cutflow or {})
+    if any(fractions.values()):
+        parts = [f"{ch.upper()}: " + ", ".join(f"{obs} {_percent(f)}" for obs, f in obs_f.items())
+                 for ch, obs_f in fractions.items() if obs_f]
+        console.print("selected events without a value (not filled): " + "; ".join(parts), style="dim",
+                      highlight=False)
+
+
+def _percent(f: float) -> str:
+    return "<1%" if 0 < f < 0.01 else f"{100 * f:.0f}%"
 
 
 def write_report(report: dict[str, Any], outdir: str | Path) -> Path:

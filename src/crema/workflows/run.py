@@ -11,6 +11,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 import logging
 import warnings
 import zlib
@@ -102,6 +103,7 @@ class RunReport:
     status: str = "complete"
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # processor counters passed through (nonfinite, ...)
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> wall-clock seconds
     chunks: list[tuple[str, str, int, int]] = field(default_factory=list, repr=False)  # (key, file, start, stop)
 
     def count_done(self, done: set[str]) -> None:
@@ -141,6 +143,7 @@ class RunReport:
             "resumed_chunks": self.resumed_chunks,
             "total_chunks": self.total_chunks,
             "datasets": per_dataset,
+            "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
         }
         if self.error is not None:
             out["error"] = self.error
@@ -562,11 +565,13 @@ def run(config: Config, proc: processor.ProcessorABC | None = None, *, checkpoin
     ``skip_bad_files`` and :class:`RunInterrupted` on SIGINT/SIGTERM; both carry the report.
     """
     proc = build_processor(config) if proc is None else proc
+    start = time.perf_counter()
     fileset, report = preflight(config, proc)
     if hasattr(proc, "generator_sumw"):  # simulation normalised with the Runs trees of all files
         from crema.workflows.normalisation import runs_tree_sums
 
         proc.generator_sumw = runs_tree_sums(config)
+    report.timings["preflight"] = time.perf_counter() - start
 
     with contextlib.ExitStack() as stack:
         if checkpoint is None:
@@ -629,6 +634,7 @@ def _run_chunks(config: Config, proc, fileset, report: RunReport, chunk_dir: Pat
         done_before = _done_keys(chunk_dir) & set(keys)
         report.resumed_chunks = len(done_before)
         todo = [c for c, k in zip(chunks, keys) if k not in done_before]
+        start = time.perf_counter()
         wrapper = CheckpointingProcessor(proc, chunk_dir, _probe_branches(proc, config))
         with warnings.catch_warnings():
             # coffea warns once per chunk it skips; crema reports them together in RunReport
@@ -643,6 +649,7 @@ def _run_chunks(config: Config, proc, fileset, report: RunReport, chunk_dir: Pat
                 report.error = f"reading a chunk failed: {err}; use --skip-bad-files to skip such chunks"
                 report.count_done(_done_keys(chunk_dir))
                 raise RunFailed(report.error, report) from err
+    report.timings["processing"] = time.perf_counter() - start
     done = _done_keys(chunk_dir)
     report.count_done(done)
     bad = acc.get("bad_chunks", {})
@@ -660,8 +667,10 @@ def _run_chunks(config: Config, proc, fileset, report: RunReport, chunk_dir: Pat
         report.error = (f"{c['file']}: entries {c['entry_start']}-{c['entry_stop']}{where} cannot be read "
                         f"({c['error']}); use --skip-bad-files to skip such chunks")
         raise RunFailed(report.error, report)
+    start = time.perf_counter()
     merged = processor.accumulate(store.load(chunk_dir / f"{k}.npz") for k in keys if k in done)
     output = proc.postprocess(merged if merged is not None else {})
+    report.timings["merge"] = time.perf_counter() - start
     for name in ("nonfinite", "undefined", "normalisation"):
         if isinstance(output, dict) and name in output:
             report.extra[name] = output[name]
