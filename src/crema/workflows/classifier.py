@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pandas as pd
 import yaml
 from rich.console import Console
 from rich.table import Table
 
 from crema.schema import ConfigError
+
+if TYPE_CHECKING:  # imported where used: the commands are registered on every `crema` start-up
+    import pandas as pd
 
 console = Console(stderr=True)
 REPORT_KEYS = ("accuracy", "auc", "asimov_significance", "max_significance", "r50", "r99")
@@ -73,6 +75,8 @@ def make_dataset(config_path: str | Path, outdir: str | Path, executor: dict | N
 def train(data_dir: str | Path, outdir: str | Path, methods: list[str], folds: int = 2, seed: int = 0,
           threads: int = 1, balance: str = "process") -> pd.DataFrame:
     """k-fold training of ``methods`` on ``data_dir/features.parquet`` (see :func:`crema.models.classifier.folds.train_folds`)."""
+    import pandas as pd
+
     from crema.models.classifier.folds import train_folds
     from crema.models.classifier.inference import read_features
 
@@ -102,6 +106,8 @@ def method_threshold(method: str) -> float:
 def report(model_dir: str | Path, outdir: str | Path, min_background: float = 1.0, min_background_events: int = 10,
            plots: bool = True) -> dict:
     """Metrics of every trained method on its out-of-fold scores; writes ``classifier_report.json`` and plots."""
+    import pandas as pd
+
     from crema.models.classifier import metrics
 
     model_dir = Path(model_dir)
@@ -150,6 +156,7 @@ def print_table(result: dict, console_out: Console | None = None) -> None:
 def draw(scores: pd.DataFrame, methods: list[str], outdir: Path, result: dict) -> list[Path]:
     """ROC curves (background rejection vs signal efficiency) and weighted score distributions."""
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

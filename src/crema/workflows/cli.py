@@ -10,14 +10,20 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from crema.extras import require_torch
 from crema.schema import ConfigError
 from crema.stats import FitFailed
-from crema.workflows.config import Config, dump_config, load_config
-from crema.workflows.run import InputError, RunInterrupted, generate_inputs, run
+from crema.workflows.errors import InputError, RunInterrupted
+
+if TYPE_CHECKING:
+    from crema.workflows.config import Config
+
+# Commands import what they need inside their functions: `crema --help` and the parser must not pay
+# for coffea, onnxruntime, matplotlib or torch (tests/test_startup.py checks it).
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEMO_CONFIGS = {"hhbbww": CONFIG_DIR / "demo.yaml", "tth": CONFIG_DIR / "demo_tth.yaml",
@@ -53,7 +59,9 @@ def run_and_write(config: Config, outdir: Path, plots: bool = True, resume: bool
     """Run ``config`` with checkpoints in ``outdir/checkpoint``, print the cutflow and a problems panel,
     write all outputs into ``outdir``. report.json is written also when the run fails or is interrupted
     (the checkpoint is then kept for ``--resume``); after a complete run the checkpoint is removed."""
+    from crema.workflows.config import dump_config
     from crema.workflows.outputs import print_cutflow, print_problems, write_outputs, write_report
+    from crema.workflows.run import run
 
     outdir.mkdir(parents=True, exist_ok=True)
     config = replace(config, output=str(outdir.resolve()))
@@ -103,6 +111,9 @@ def run_and_write(config: Config, outdir: Path, plots: bool = True, resume: bool
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    from crema.workflows.config import load_config
+    from crema.workflows.run import generate_inputs
+
     config = load_config(args.config).with_executor(**_executor_overrides(args))
     outdir = Path(args.output or config.output)
     # datasets given as a generator spec (no files) are generated next to the outputs
@@ -111,6 +122,9 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    from crema.workflows.config import load_config
+    from crema.workflows.run import generate_inputs
+
     outdir = Path(args.output or f"crema-demo{'' if args.analysis == 'hhbbww' else '-' + args.analysis}").resolve()
     config = load_config(DEMO_CONFIGS[args.analysis]).with_executor(**_executor_overrides(args))
     config = generate_inputs(config, outdir / "samples", args.scale, console.print, reuse=args.resume)
@@ -135,6 +149,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 def cmd_btag_eff(args: argparse.Namespace) -> None:
     from crema.corrections.btag import write_efficiency_map
+    from crema.workflows.config import load_config
     from crema.workflows.run import run
 
     config = load_config(args.config).with_executor(**_executor_overrides(args))
@@ -158,6 +173,7 @@ def cmd_btag_eff(args: argparse.Namespace) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
+    from crema.workflows.config import load_config
     from crema.workflows.outputs import read_histograms
     from crema.workflows.plots import plot_all
 
@@ -188,6 +204,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
 def cmd_fit(args: argparse.Namespace) -> None:
     from crema.schema import from_dict, to_dict
     from crema.stats.config import FitConfig
+    from crema.workflows.config import load_config
     from crema.workflows.fit import run_fit, run_scan, summary
 
     config = load_config(Path(args.run_dir) / "config.yaml")
@@ -346,6 +363,7 @@ def _spanet_commands(sub) -> None:
 def cmd_calib_dataset(args: argparse.Namespace) -> None:
     from crema.processors.jet_calib_dataset import prepare_output
     from crema.workflows.calibration import make_dataset
+    from crema.workflows.config import load_config
     from crema.workflows.run import generate_inputs
 
     config = load_config(args.config).with_executor(**_executor_overrides(args))

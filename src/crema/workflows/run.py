@@ -33,6 +33,7 @@ from crema.processors.ttbar_eft import TTbarEFTOptions, TTbarEFTProcessor
 from crema.histograms import io as store
 from crema.schema import ConfigError, from_dict
 from crema.workflows.config import Config, ExecutorConfig, JobQueue, expand_files
+from crema.workflows.errors import InputError, RunInterrupted  # noqa: F401 (part of this module's API)
 from crema.selections.jetid import resolve_needs, version_hint
 
 # processor name -> (options schema, how to build it from options and the whole config)
@@ -65,24 +66,11 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, ConnectionErr
 log = logging.getLogger(__name__)
 
 
-class InputError(RuntimeError):
-    """An input file is unreadable or lacks a branch the processor needs; the message names it."""
-
-
 class RunFailed(InputError):
     """A run stopped on an input error; ``report`` holds what it did (status ``failed``)."""
 
     def __init__(self, message: str, report: RunReport) -> None:
         super().__init__(message)
-        self.report = report
-
-
-class RunInterrupted(Exception):
-    """A run ended by SIGINT/SIGTERM; ``report`` holds what it did (status ``interrupted``)."""
-
-    def __init__(self, report: RunReport, resumable: bool) -> None:
-        hint = "; rerun with --resume" if resumable else ""
-        super().__init__(f"interrupted: {report.processed_chunks} of {report.total_chunks} chunks done{hint}")
         self.report = report
 
 
