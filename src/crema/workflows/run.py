@@ -347,8 +347,10 @@ def _cluster(cfg: ExecutorConfig):
         return cluster
     from distributed import LocalCluster
 
-    return LocalCluster(n_workers=cfg.workers, threads_per_worker=cfg.threads_per_worker,
-                        processes=True, dashboard_address=None)
+    # No dashboard; the scheduler's HTTP server (which it starts even without one) on a free local
+    # port: its default, 8787, is often taken by another cluster, and dask then warns and retries.
+    return LocalCluster(n_workers=cfg.workers, threads_per_worker=cfg.threads_per_worker, processes=True,
+                        dashboard_address="127.0.0.1:0", scheduler_kwargs={"dashboard": False})
 
 
 def jobqueue_cluster(jq: JobQueue):
