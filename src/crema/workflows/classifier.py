@@ -240,20 +240,22 @@ def add_commands(sub) -> None:
     t = sub.add_parser("classifier-train", help="k-fold training (by event number) of cut-and-count, BDT, MLP")
     t.add_argument("data", help="directory of crema classifier-dataset")
     t.add_argument("-o", "--output", required=True, help="model directory")
-    t.add_argument("--method", choices=["cut", "bdt", "mlp", "all"], default="all")
-    t.add_argument("--folds", type=int, default=2, help="folds by event number (2: even/odd)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, default=1, help="threads for xgboost/torch")
+    t.add_argument("--method", choices=["cut", "bdt", "mlp", "all"], default="all",
+                   help="cut-and-count, BDT (xgboost), MLP (torch) or all three (default: all)")
+    t.add_argument("--folds", type=int, default=2, help="folds by event number (default: 2, even/odd)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the training (default: 0)")
+    t.add_argument("--threads", type=int, default=1, help="threads for xgboost/torch (default: 1)")
     t.add_argument("--balance", choices=["process", "class"], default="process",
-                   help="BDT/MLP training weights: every background process with the same total (process) or yields (class)")
+                   help="BDT/MLP training weights: every background process with the same total (process) or yields "
+                        "(class) (default: process)")
     t.set_defaults(func=_cmd_train)
 
     r = sub.add_parser("classifier-report", help="weighted metrics, ROC curves and score plots of trained methods")
     r.add_argument("model_dir", help="model directory of crema classifier-train")
     r.add_argument("-o", "--output", required=True, help="output directory")
     r.add_argument("--min-background", type=float, default=1.0,
-                   help="background events (weighted) a threshold must keep for max_significance")
+                   help="background events (weighted) a threshold must keep for max_significance (default: 1)")
     r.add_argument("--min-background-events", type=int, default=10,
-                   help="simulated background events a threshold must keep for max_significance")
-    r.add_argument("--no-plots", action="store_true")
+                   help="simulated background events a threshold must keep for max_significance (default: 10)")
+    r.add_argument("--no-plots", action="store_true", help="write no plots")
     r.set_defaults(func=_cmd_report)

@@ -34,14 +34,18 @@ CHECKPOINT = "checkpoint"  # folder of a run's per-chunk outputs inside its outp
 
 
 def _add_executor_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--executor", choices=["iterative", "futures", "dask"], help="how chunks run")
-    p.add_argument("--workers", type=int, help="worker processes (futures, dask LocalCluster)")
-    p.add_argument("--scheduler", help="address of a running dask scheduler (tcp://host:8786)")
-    p.add_argument("--chunksize", type=int, help="events per chunk")
-    p.add_argument("--maxchunks", type=int, help="at most this many chunks per dataset")
+    # None: the config's executor section decides (its defaults: iterative, 1 worker, 100000 events per chunk)
+    p.add_argument("--executor", choices=["iterative", "futures", "dask"],
+                   help="how chunks run (default: the config's executor.name, else iterative)")
+    p.add_argument("--workers", type=int,
+                   help="worker processes of futures and the dask LocalCluster (default: executor.workers, else 1)")
+    p.add_argument("--scheduler", help="address of a running dask scheduler, tcp://host:8786 (implies --executor dask)")
+    p.add_argument("--chunksize", type=int, help="events per chunk (default: executor.chunksize, else 100000)")
+    p.add_argument("--maxchunks", type=int, help="at most this many chunks per dataset (default: all)")
     p.add_argument("--skip-bad-files", action="store_true", default=None,
-                   help="skip unreadable files and chunks, and report the events lost")
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+                   help="skip unreadable files and chunks, and report the events lost (default: stop at the first)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                   help="no progress bar (default: shown)")
 
 
 def _executor_overrides(args: argparse.Namespace) -> dict:
@@ -230,11 +234,12 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="generate a small signal+background sample and run the HH->bbWW analysis")
-    d.add_argument("-o", "--output", help="output directory (default: crema-demo, crema-demo-tth)")
+    d.add_argument("-o", "--output", help="output directory (default: crema-demo, crema-demo-tth, crema-demo-eft)")
     d.add_argument("--analysis", choices=sorted(DEMO_CONFIGS), default="hhbbww",
-                   help="hhbbww (DeepHME, corrections, systematics) or tth (SPANet)")
-    d.add_argument("--scale", type=float, default=1.0, help="scale the number of generated events")
-    d.add_argument("--no-plots", action="store_true")
+                   help="hhbbww (DeepHME, corrections, systematics), tth (SPANet) or eft (EFT ttbar, fit and "
+                        "intervals) (default: hhbbww)")
+    d.add_argument("--scale", type=float, default=1.0, help="scale the number of generated events (default: 1)")
+    d.add_argument("--no-plots", action="store_true", help="write no plots")
     d.add_argument("--resume", action="store_true", help="continue an interrupted or failed demo in the same folder")
     _add_executor_options(d)
     d.set_defaults(func=cmd_demo)
@@ -242,18 +247,18 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a YAML config")
     r.add_argument("config", help="run configuration (YAML)")
     r.add_argument("-o", "--output", help="output directory (default: the config's output)")
-    r.add_argument("--no-plots", action="store_true")
+    r.add_argument("--no-plots", action="store_true", help="write no plots")
     r.add_argument("--resume", action="store_true",
                    help="continue an interrupted or failed run: only chunks missing from OUTPUT/checkpoint run")
     _add_executor_options(r)
     r.set_defaults(func=cmd_run)
 
     g = sub.add_parser("generate", help="generate NanoAODv12 events with crema's generator")
-    g.add_argument("process", help="hh_sl, hh_dl, tt_sl, tt_dl, dy, wjets, tth_sl")
-    g.add_argument("-n", "--events", type=int, default=10_000)
+    g.add_argument("process", help="hh_sl, hh_dl, tt_sl, tt_dl, tt_dl_eft, dy, wjets, tth_sl")
+    g.add_argument("-n", "--events", type=int, default=10_000, help="events to write (default: 10000)")
     g.add_argument("-o", "--output", required=True, help="output ROOT file")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--mass", type=float, default=800.0, help="resonance mass for hh_* (GeV)")
+    g.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same file (default: 0)")
+    g.add_argument("--mass", type=float, default=800.0, help="resonance mass for hh_* in GeV (default: 800)")
     g.add_argument("--pfnano", action="store_true",
                    help="also write PFNano tables: AK4 jet constituents (PFCands, JetPFCands) and secondary vertices (SV, JetSVs)")
     g.add_argument("--data", action="store_true",
@@ -287,7 +292,7 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--ranking", type=int, help="rank the impacts of this many parameters (0: no ranking)")
     f.add_argument("--rebin", type=int, help="merge this many adjacent bins before fitting (default: the config's fit.rebin)")
     f.add_argument("--scan", action="store_true", help="expected limit for every signal mass (scan.json, brazil.png)")
-    f.add_argument("--no-plots", action="store_true")
+    f.add_argument("--no-plots", action="store_true", help="write no plots")
     f.set_defaults(func=cmd_fit)
     _spanet_commands(sub)
     _calibration_commands(sub)
@@ -340,7 +345,7 @@ def _spanet_commands(sub) -> None:
     s = sub.add_parser("spanet-dataset", help="SPANet HDF5 training file from NanoAOD (default: generated ttH + ttbar SL)")
     s.add_argument("config", nargs="?", help="run config with processor spanet_dataset (default: the shipped ttH one)")
     s.add_argument("-o", "--output", required=True, help="output .h5 file")
-    s.add_argument("--scale", type=float, default=1.0, help="scale the number of generated events")
+    s.add_argument("--scale", type=float, default=1.0, help="scale the number of generated events (default: 1)")
     s.add_argument("--samples", help="keep generated NanoAOD files in this folder (default: a temporary one)")
     _add_executor_options(s)
     s.set_defaults(func=cmd_spanet_dataset)
@@ -492,7 +497,7 @@ def _eft_commands(sub) -> None:
     r.add_argument("-o", "--output", required=True, help="folder for eft_report.json, plots and the held-out run")
     r.add_argument("--events", type=int, default=100_000, help="generated held-out events (default: 100000)")
     r.add_argument("--seed", type=int, default=9001, help="generator seed of the held-out events (default: 9001)")
-    r.add_argument("--no-plots", action="store_true")
+    r.add_argument("--no-plots", action="store_true", help="write no plots")
     r.set_defaults(func=cmd_eft_report)
 
 
@@ -532,7 +537,7 @@ def _calibration_commands(sub) -> None:
     e.add_argument("--seed-offset", type=int, default=1000, help="added to the generator seeds (default: 1000)")
     e.add_argument("--keep-samples", help="write the generated files to this folder (default: a temporary one)")
     e.add_argument("--threads", type=int, default=1, help="onnxruntime threads of the DNN (default: 1)")
-    e.add_argument("--no-plots", action="store_true")
+    e.add_argument("--no-plots", action="store_true", help="write no plots")
     _add_executor_options(e)
     e.set_defaults(func=cmd_calib_report)
 
