@@ -23,7 +23,6 @@ from crema.workflows.cli import main as cli
 from crema.workflows.config import load_config
 from crema.workflows.run import build_processor, run
 
-pytestmark = pytest.mark.filterwarnings("ignore:Missing cross-reference")
 
 SHIPPED = ("deepsets_generated", "jet_only_generated")
 DNN = {"method": "dnn", "model": "deepsets_generated"}

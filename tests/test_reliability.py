@@ -28,7 +28,6 @@ from crema.workflows.cli import main as cli
 from crema.workflows.config import load_config
 from crema.workflows.run import InputError, build_processor, run
 
-pytestmark = pytest.mark.filterwarnings("ignore:Missing cross-reference")
 
 BASKET = 100  # events per basket = events per chunk, so a corrupt basket is exactly one chunk
 
