@@ -108,7 +108,9 @@ def main(argv: list[str] | None = None) -> None:
              *rows, "", "Heavy libraries imported by `crema --help`: "
              + "; ".join(f"{t}: {', '.join(heavy[t]) or 'none'}" for t in trees) + "."]
     if args.base:
-        lines += ["", f"base: `{trees['base']}`."]
+        commit = subprocess.run(["git", "-C", str(trees["base"]), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True).stdout.strip()
+        lines += ["", f"base: `{trees['base']}`" + (f" (commit {commit}, a `git worktree`)" if commit else "") + "."]
     body = "\n".join(lines)
     print(body)
     if not args.no_record:
