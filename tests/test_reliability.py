@@ -254,6 +254,8 @@ def test_corrupt_basket_is_one_chunk(tmp_path, compression, capsys):
         assert np.array_equal(got[name], h.view(flow=True)), name
 
 
+# the processor fails on purpose; coffea's Runner retries such a chunk and warns once per attempt
+@pytest.mark.filterwarnings("ignore:Performed attempt:UserWarning")
 def test_processor_errors_still_propagate(samples, tmp_path):
     class Broken(processor.ProcessorABC):
         def process(self, events):
