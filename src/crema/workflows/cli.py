@@ -43,7 +43,8 @@ def _add_executor_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunksize", type=int, help="events per chunk (default: executor.chunksize, else 100000)")
     p.add_argument("--maxchunks", type=int, help="at most this many chunks per dataset (default: all)")
     p.add_argument("--skip-bad-files", action="store_true", default=None,
-                   help="skip unreadable files and chunks, and report the events lost (default: stop at the first)")
+                   help="skip unreadable files and chunks, and report the events lost (default: the run fails "
+                        "with an error naming them)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                    help="no progress bar (default: shown)")
 
