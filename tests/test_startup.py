@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src"
-# none of these is needed to parse a command line or show help
+# none of these is needed to parse a command line or show help, and each takes from 0.5 s to many seconds
 HEAVY = ["torch", "coffea", "matplotlib", "onnxruntime", "pyhf", "xgboost", "dask", "distributed", "awkward",
-         "uproot", "pandas", "numpy", "cabinetry", "sklearn"]
+         "uproot", "pandas", "cabinetry", "sklearn"]
 
 HELP_CHILD = r"""
 import contextlib, io, json, sys
