@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src"
-# none of these is needed to parse a command line or show help, and each takes from 0.5 s to many seconds
+# none of these is needed to parse a command line or show help; each takes a large part of a second or more
 HEAVY = ["torch", "coffea", "matplotlib", "onnxruntime", "pyhf", "xgboost", "dask", "distributed", "awkward",
          "uproot", "pandas", "cabinetry", "sklearn"]
 
