@@ -7,10 +7,9 @@ Inputs are the outputs of the classifier commands on the HH->bbWW SL study confi
     crema classifier-report WORK/model -o WORK/report
 
 (a) the report's metrics (weighted, out of fold) and each classifier's best-threshold Asimov
-    significance over the cut-and-count's (goal >= 1.5);
+    significance over the cut-and-count's;
 (b) the model evaluation alone: :class:`ClassifierModel` (fold dispatch by event parity + ONNX)
-    on the dataset's feature matrix, tiled to ``--rows`` rows, one thread (goal >= 500k events/s
-    per core for the BDT);
+    on the dataset's feature matrix, tiled to ``--rows`` rows, one thread (events/s per core);
 (c) in the processor: the HH->bbWW processor (DeepHME on, no corrections) on the generated
     signal and ttbar SL samples with the BDT on, iterative executor, one core; the time spent in
     the classifier step (features from the observable language + model) per selected event.

@@ -212,7 +212,7 @@ def main() -> None:
     ratio_best = best_cpu["crema"] / best_cpu[bare_key]
     paired = np.array(cpu["crema"]) / np.array(cpu[bare_key])
     split = np.array(cpu["crema"]) / np.array(inside)
-    goal_ratio = float(np.median(paired))
+    paired_ratio = float(np.median(paired))
     body = f"""
 DeepHME DL (`{DEFAULT_MODELS['DL']}`), {n} events (the two-lepton events of `tests/data/nano_tt_v12.root`
 tiled), one thread everywhere (ONNX Runtime intra-op threads = 1; DeepHME 1.2.0's sessions patched to
@@ -229,13 +229,13 @@ Best of the repetitions:
 Ratios of (a) to the faster bare variant ({'(c1)' if bare_key == 'bare_single' else '(c2)'}):
 
 - best of (a) / best of (c): {ratio_best:.3f}
-- per repetition, (a) / (c) measured back to back: median {goal_ratio:.3f} (range {paired.min():.3f}-{paired.max():.3f})
+- per repetition, (a) / (c) measured back to back: median {paired_ratio:.3f} (range {paired.min():.3f}-{paired.max():.3f})
 - within each (a) call, total time / time inside `session.run` (same batches as (c2)): median {np.median(split):.3f} (range {split.min():.3f}-{split.max():.3f})
 
-Goals:
+Comparisons:
 
-- (a) >= (b) in events/s: crema is {speedup:.2f}x as fast as DeepHME 1.2.0 -- {'met' if speedup >= 1 else 'NOT met'}.
-- (a) <= 1.10x the time of (c), judged on the paired median: {goal_ratio:.3f} -- {'met' if goal_ratio <= 1.10 else 'NOT met'}.
+- (a) against (b) in events/s: crema is {speedup:.2f}x as fast as DeepHME 1.2.0.
+- (a) / (c) in time, paired median: {paired_ratio:.3f}.
 """
     print(body)
     if not args.no_write:

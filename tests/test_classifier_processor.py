@@ -20,7 +20,6 @@ from crema.workflows.run import run
 
 from conftest import DATA
 
-pytestmark = pytest.mark.filterwarnings("ignore:Missing cross-reference index")
 
 # the samples of tests/data/hhbbww_histograms_reference.json: the histograms the processor's
 # hand-written observable table filled before the observables became expressions

@@ -41,6 +41,8 @@ def load_config_jobqueue(kind):
     from crema.workflows.config import JobQueue
 
     options = {"disk": "1GB"} if kind == "htcondor" else {"walltime": "01:00:00"}
+    # the test's scheduler: no dashboard, HTTP on a free port (8787 may be taken by another cluster)
+    options["scheduler_options"] = {"dashboard_address": "127.0.0.1:0", "dashboard": False}
     return from_dict(JobQueue, {"kind": kind, "jobs": 2, "cores": 1, "memory": "2GB", "options": options}, "jobqueue")
 
 

@@ -18,7 +18,6 @@ import yaml
 from crema.workflows.config import load_config
 from crema.workflows.run import build_processor, run
 
-pytestmark = pytest.mark.filterwarnings("ignore:Missing cross-reference")
 
 GARBAGE = 8.8e37
 # what the processor must flag, written out here independently of crema.physical

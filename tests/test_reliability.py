@@ -28,7 +28,6 @@ from crema.workflows.cli import main as cli
 from crema.workflows.config import load_config
 from crema.workflows.run import InputError, build_processor, run
 
-pytestmark = pytest.mark.filterwarnings("ignore:Missing cross-reference")
 
 BASKET = 100  # events per basket = events per chunk, so a corrupt basket is exactly one chunk
 
@@ -257,6 +256,8 @@ def test_corrupt_basket_is_one_chunk(tmp_path, compression, capsys):
         assert np.array_equal(got[name], h.view(flow=True)), name
 
 
+# the processor fails on purpose; coffea's Runner retries such a chunk and warns once per attempt
+@pytest.mark.filterwarnings("ignore:Performed attempt:UserWarning")
 def test_processor_errors_still_propagate(samples, tmp_path):
     class Broken(processor.ProcessorABC):
         def process(self, events):

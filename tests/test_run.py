@@ -20,7 +20,6 @@ from crema.workflows.run import InputError, run
 
 from conftest import REAL_NANO
 
-pytestmark = pytest.mark.filterwarnings("ignore:Missing cross-reference index")
 
 XSEC, LUMI = 923.6, 7.98
 

@@ -15,7 +15,6 @@ from crema.workflows.run import run
 
 from test_executors import assert_same_output
 
-pytestmark = pytest.mark.filterwarnings("ignore:Missing cross-reference")
 
 
 def write(tmp, files, corrections, name="config.yaml"):

@@ -15,7 +15,6 @@ from crema.generate import write_nanoaod
 from crema.workflows.config import load_config
 from crema.workflows.run import build_processor, run
 
-pytestmark = pytest.mark.filterwarnings("ignore:Missing cross-reference")
 
 THEORY = {"scale": True, "pdf": {"convention": "hessian", "members": [1, 100]}, "ps": True}
 

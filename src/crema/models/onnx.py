@@ -15,16 +15,44 @@ itself is small and travels to dask workers.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from coffea.ml_tools.helper import nonserializable_attribute, numpy_call_wrapper
+
+
+def _coffea_ml_helper() -> ModuleType:
+    """``coffea.ml_tools.helper``, loaded without running ``coffea/ml_tools/__init__.py``.
+
+    Why: that ``__init__`` imports coffea's torch, xgboost, tensorflow and triton wrappers, and with
+    them torch and xgboost themselves (seconds at every start of every command) although crema's
+    models only need the helper. The module is registered under its own name, so a later
+    ``import coffea.ml_tools`` reuses it and its classes stay the same objects.
+    """
+    name = "coffea.ml_tools.helper"
+    if name not in sys.modules:
+        package = importlib.util.find_spec("coffea.ml_tools")  # imports coffea, not coffea.ml_tools
+        spec = importlib.util.spec_from_file_location(name, Path(package.origin).with_name("helper.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]
+
+
+_ML_HELPER = _coffea_ml_helper()
+nonserializable_attribute, numpy_call_wrapper = _ML_HELPER.nonserializable_attribute, _ML_HELPER.numpy_call_wrapper
 
 __all__ = ["OnnxModel", "resolve_providers", "clear_session_cache"]
 

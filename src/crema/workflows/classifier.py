@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pandas as pd
 import yaml
 from rich.console import Console
 from rich.table import Table
 
 from crema.schema import ConfigError
+
+if TYPE_CHECKING:  # imported where used: the commands are registered on every `crema` start-up
+    import pandas as pd
 
 console = Console(stderr=True)
 REPORT_KEYS = ("accuracy", "auc", "asimov_significance", "max_significance", "r50", "r99")
@@ -73,6 +75,8 @@ def make_dataset(config_path: str | Path, outdir: str | Path, executor: dict | N
 def train(data_dir: str | Path, outdir: str | Path, methods: list[str], folds: int = 2, seed: int = 0,
           threads: int = 1, balance: str = "process") -> pd.DataFrame:
     """k-fold training of ``methods`` on ``data_dir/features.parquet`` (see :func:`crema.models.classifier.folds.train_folds`)."""
+    import pandas as pd
+
     from crema.models.classifier.folds import train_folds
     from crema.models.classifier.inference import read_features
 
@@ -102,6 +106,8 @@ def method_threshold(method: str) -> float:
 def report(model_dir: str | Path, outdir: str | Path, min_background: float = 1.0, min_background_events: int = 10,
            plots: bool = True) -> dict:
     """Metrics of every trained method on its out-of-fold scores; writes ``classifier_report.json`` and plots."""
+    import pandas as pd
+
     from crema.models.classifier import metrics
 
     model_dir = Path(model_dir)
@@ -181,6 +187,8 @@ def _process_column(scores: pd.DataFrame) -> str:
 def draw(scores: pd.DataFrame, methods: list[str], outdir: Path, result: dict, style) -> list[Path]:
     """ROC curves (background rejection vs signal efficiency) and weighted score distributions
     (stacked backgrounds with the MC statistical band, signals as lines), in the run's ``style``."""
+    import numpy as np
+
     from crema.models.classifier import metrics
     from crema.plotting import Panel, draw_panel, experiment_label, pyplot, save
 
@@ -253,20 +261,22 @@ def add_commands(sub) -> None:
     t = sub.add_parser("classifier-train", help="k-fold training (by event number) of cut-and-count, BDT, MLP")
     t.add_argument("data", help="directory of crema classifier-dataset")
     t.add_argument("-o", "--output", required=True, help="model directory")
-    t.add_argument("--method", choices=["cut", "bdt", "mlp", "all"], default="all")
-    t.add_argument("--folds", type=int, default=2, help="folds by event number (2: even/odd)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, default=1, help="threads for xgboost/torch")
+    t.add_argument("--method", choices=["cut", "bdt", "mlp", "all"], default="all",
+                   help="cut-and-count, BDT (xgboost), MLP (torch) or all three (default: all)")
+    t.add_argument("--folds", type=int, default=2, help="folds by event number (default: 2, even/odd)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the training (default: 0)")
+    t.add_argument("--threads", type=int, default=1, help="threads for xgboost/torch (default: 1)")
     t.add_argument("--balance", choices=["process", "class"], default="process",
-                   help="BDT/MLP training weights: every background process with the same total (process) or yields (class)")
+                   help="BDT/MLP training weights: every background process with the same total (process) or yields "
+                        "(class) (default: process)")
     t.set_defaults(func=_cmd_train)
 
     r = sub.add_parser("classifier-report", help="weighted metrics, ROC curves and score plots of trained methods")
     r.add_argument("model_dir", help="model directory of crema classifier-train")
     r.add_argument("-o", "--output", required=True, help="output directory")
     r.add_argument("--min-background", type=float, default=1.0,
-                   help="background events (weighted) a threshold must keep for max_significance")
+                   help="background events (weighted) a threshold must keep for max_significance (default: 1)")
     r.add_argument("--min-background-events", type=int, default=10,
-                   help="simulated background events a threshold must keep for max_significance")
-    r.add_argument("--no-plots", action="store_true")
+                   help="simulated background events a threshold must keep for max_significance (default: 10)")
+    r.add_argument("--no-plots", action="store_true", help="write no plots")
     r.set_defaults(func=_cmd_report)

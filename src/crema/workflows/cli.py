@@ -10,14 +10,20 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from crema.extras import require_torch
 from crema.schema import ConfigError
 from crema.stats import FitFailed
-from crema.workflows.config import Config, dump_config, load_config
-from crema.workflows.run import InputError, RunInterrupted, generate_inputs, run
+from crema.workflows.errors import InputError, RunInterrupted
+
+if TYPE_CHECKING:
+    from crema.workflows.config import Config
+
+# Commands import what they need inside their functions: `crema --help` and the parser must not pay
+# for coffea, onnxruntime, matplotlib or torch (tests/test_startup.py checks it).
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEMO_CONFIGS = {"hhbbww": CONFIG_DIR / "demo.yaml", "tth": CONFIG_DIR / "demo_tth.yaml",
@@ -28,14 +34,19 @@ CHECKPOINT = "checkpoint"  # folder of a run's per-chunk outputs inside its outp
 
 
 def _add_executor_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--executor", choices=["iterative", "futures", "dask"], help="how chunks run")
-    p.add_argument("--workers", type=int, help="worker processes (futures, dask LocalCluster)")
-    p.add_argument("--scheduler", help="address of a running dask scheduler (tcp://host:8786)")
-    p.add_argument("--chunksize", type=int, help="events per chunk")
-    p.add_argument("--maxchunks", type=int, help="at most this many chunks per dataset")
+    # None: the config's executor section decides (its defaults: iterative, 1 worker, 100000 events per chunk)
+    p.add_argument("--executor", choices=["iterative", "futures", "dask"],
+                   help="how chunks run (default: the config's executor.name, else iterative)")
+    p.add_argument("--workers", type=int,
+                   help="worker processes of futures and the dask LocalCluster (default: executor.workers, else 1)")
+    p.add_argument("--scheduler", help="address of a running dask scheduler, tcp://host:8786 (implies --executor dask)")
+    p.add_argument("--chunksize", type=int, help="events per chunk (default: executor.chunksize, else 100000)")
+    p.add_argument("--maxchunks", type=int, help="at most this many chunks per dataset (default: all)")
     p.add_argument("--skip-bad-files", action="store_true", default=None,
-                   help="skip unreadable files and chunks, and report the events lost")
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+                   help="skip unreadable files and chunks, and report the events lost (default: the run fails "
+                        "with an error naming them)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                   help="no progress bar (default: shown)")
 
 
 def _executor_overrides(args: argparse.Namespace) -> dict:
@@ -77,7 +88,9 @@ def run_and_write(config: Config, outdir: Path, plots: bool = True, resume: bool
     into ``outdir`` (report.html last) and print what was lost or not finite. report.json and
     report.html are written also when the run fails or is interrupted (the checkpoint is then kept for
     ``--resume``); after a complete run the checkpoint is removed."""
+    from crema.workflows.config import dump_config
     from crema.workflows.outputs import print_cutflow, print_problems, write_outputs, write_report
+    from crema.workflows.run import run
 
     outdir.mkdir(parents=True, exist_ok=True)
     config = replace(config, output=str(outdir.resolve()))
@@ -145,6 +158,9 @@ def run_and_write(config: Config, outdir: Path, plots: bool = True, resume: bool
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    from crema.workflows.config import load_config
+    from crema.workflows.run import generate_inputs
+
     config = load_config(args.config).with_executor(**_executor_overrides(args))
     outdir = Path(args.output or config.output)
     # datasets given as a generator spec (no files) are generated next to the outputs
@@ -153,6 +169,9 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    from crema.workflows.config import load_config
+    from crema.workflows.run import generate_inputs
+
     outdir = Path(args.output or f"crema-demo{'' if args.analysis == 'hhbbww' else '-' + args.analysis}").resolve()
     config = load_config(DEMO_CONFIGS[args.analysis]).with_executor(**_executor_overrides(args))
     config = generate_inputs(config, outdir / "samples", args.scale, console.print, reuse=args.resume)
@@ -177,6 +196,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 def cmd_btag_eff(args: argparse.Namespace) -> None:
     from crema.corrections.btag import write_efficiency_map
+    from crema.workflows.config import load_config
     from crema.workflows.run import run
 
     config = load_config(args.config).with_executor(**_executor_overrides(args))
@@ -200,6 +220,7 @@ def cmd_btag_eff(args: argparse.Namespace) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
+    from crema.workflows.config import load_config
     from crema.workflows.outputs import read_histograms, read_plot_style
     from crema.workflows.plots import plot_all, run_style
 
@@ -240,6 +261,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_fit(args: argparse.Namespace) -> None:
     from crema.schema import from_dict, to_dict
     from crema.stats.config import FitConfig
+    from crema.workflows.config import load_config
     from crema.workflows.fit import run_fit, run_scan, summary
 
     config = load_config(Path(args.run_dir) / "config.yaml")
@@ -265,11 +287,12 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="generate a small signal+background sample and run the HH->bbWW analysis")
-    d.add_argument("-o", "--output", help="output directory (default: crema-demo, crema-demo-tth)")
+    d.add_argument("-o", "--output", help="output directory (default: crema-demo, crema-demo-tth, crema-demo-eft)")
     d.add_argument("--analysis", choices=sorted(DEMO_CONFIGS), default="hhbbww",
-                   help="hhbbww (DeepHME, corrections, systematics) or tth (SPANet)")
-    d.add_argument("--scale", type=float, default=1.0, help="scale the number of generated events")
-    d.add_argument("--no-plots", action="store_true")
+                   help="hhbbww (DeepHME, corrections, systematics), tth (SPANet) or eft (EFT ttbar, fit and "
+                        "intervals) (default: hhbbww)")
+    d.add_argument("--scale", type=float, default=1.0, help="scale the number of generated events (default: 1)")
+    d.add_argument("--no-plots", action="store_true", help="write no plots")
     d.add_argument("--resume", action="store_true", help="continue an interrupted or failed demo in the same folder")
     _add_executor_options(d)
     d.set_defaults(func=cmd_demo)
@@ -277,18 +300,18 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a YAML config")
     r.add_argument("config", help="run configuration (YAML)")
     r.add_argument("-o", "--output", help="output directory (default: the config's output)")
-    r.add_argument("--no-plots", action="store_true")
+    r.add_argument("--no-plots", action="store_true", help="write no plots")
     r.add_argument("--resume", action="store_true",
                    help="continue an interrupted or failed run: only chunks missing from OUTPUT/checkpoint run")
     _add_executor_options(r)
     r.set_defaults(func=cmd_run)
 
     g = sub.add_parser("generate", help="generate NanoAODv12 events with crema's generator")
-    g.add_argument("process", help="hh_sl, hh_dl, tt_sl, tt_dl, dy, wjets, tth_sl")
-    g.add_argument("-n", "--events", type=int, default=10_000)
+    g.add_argument("process", help="hh_sl, hh_dl, tt_sl, tt_dl, tt_dl_eft, dy, wjets, tth_sl")
+    g.add_argument("-n", "--events", type=int, default=10_000, help="events to write (default: 10000)")
     g.add_argument("-o", "--output", required=True, help="output ROOT file")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--mass", type=float, default=800.0, help="resonance mass for hh_* (GeV)")
+    g.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same file (default: 0)")
+    g.add_argument("--mass", type=float, default=800.0, help="resonance mass for hh_* in GeV (default: 800)")
     g.add_argument("--pfnano", action="store_true",
                    help="also write PFNano tables: AK4 jet constituents (PFCands, JetPFCands) and secondary vertices (SV, JetSVs)")
     g.add_argument("--data", action="store_true",
@@ -329,7 +352,7 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--ranking", type=int, help="rank the impacts of this many parameters (0: no ranking)")
     f.add_argument("--rebin", type=int, help="merge this many adjacent bins before fitting (default: the config's fit.rebin)")
     f.add_argument("--scan", action="store_true", help="expected limit for every signal mass (scan.json, brazil.png)")
-    f.add_argument("--no-plots", action="store_true")
+    f.add_argument("--no-plots", action="store_true", help="write no plots")
     f.set_defaults(func=cmd_fit)
     _spanet_commands(sub)
     _calibration_commands(sub)
@@ -382,7 +405,7 @@ def _spanet_commands(sub) -> None:
     s = sub.add_parser("spanet-dataset", help="SPANet HDF5 training file from NanoAOD (default: generated ttH + ttbar SL)")
     s.add_argument("config", nargs="?", help="run config with processor spanet_dataset (default: the shipped ttH one)")
     s.add_argument("-o", "--output", required=True, help="output .h5 file")
-    s.add_argument("--scale", type=float, default=1.0, help="scale the number of generated events")
+    s.add_argument("--scale", type=float, default=1.0, help="scale the number of generated events (default: 1)")
     s.add_argument("--samples", help="keep generated NanoAOD files in this folder (default: a temporary one)")
     _add_executor_options(s)
     s.set_defaults(func=cmd_spanet_dataset)
@@ -405,6 +428,7 @@ def _spanet_commands(sub) -> None:
 def cmd_calib_dataset(args: argparse.Namespace) -> None:
     from crema.processors.jet_calib_dataset import prepare_output
     from crema.workflows.calibration import make_dataset
+    from crema.workflows.config import load_config
     from crema.workflows.run import generate_inputs
 
     config = load_config(args.config).with_executor(**_executor_overrides(args))
@@ -533,7 +557,7 @@ def _eft_commands(sub) -> None:
     r.add_argument("-o", "--output", required=True, help="folder for eft_report.json, plots and the held-out run")
     r.add_argument("--events", type=int, default=100_000, help="generated held-out events (default: 100000)")
     r.add_argument("--seed", type=int, default=9001, help="generator seed of the held-out events (default: 9001)")
-    r.add_argument("--no-plots", action="store_true")
+    r.add_argument("--no-plots", action="store_true", help="write no plots")
     r.set_defaults(func=cmd_eft_report)
 
 
@@ -573,7 +597,7 @@ def _calibration_commands(sub) -> None:
     e.add_argument("--seed-offset", type=int, default=1000, help="added to the generator seeds (default: 1000)")
     e.add_argument("--keep-samples", help="write the generated files to this folder (default: a temporary one)")
     e.add_argument("--threads", type=int, default=1, help="onnxruntime threads of the DNN (default: 1)")
-    e.add_argument("--no-plots", action="store_true")
+    e.add_argument("--no-plots", action="store_true", help="write no plots")
     _add_executor_options(e)
     e.set_defaults(func=cmd_calib_report)
 

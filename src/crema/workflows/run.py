@@ -34,6 +34,7 @@ from crema.processors.ttbar_eft import TTbarEFTOptions, TTbarEFTProcessor
 from crema.histograms import io as store
 from crema.schema import ConfigError, from_dict
 from crema.workflows.config import Config, ExecutorConfig, JobQueue, expand_files
+from crema.workflows.errors import InputError, RunInterrupted  # noqa: F401 (part of this module's API)
 from crema.selections.jetid import resolve_needs, version_hint
 
 # processor name -> (options schema, how to build it from options and the whole config)
@@ -66,24 +67,11 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, ConnectionErr
 log = logging.getLogger(__name__)
 
 
-class InputError(RuntimeError):
-    """An input file is unreadable or lacks a branch the processor needs; the message names it."""
-
-
 class RunFailed(InputError):
     """A run stopped on an input error; ``report`` holds what it did (status ``failed``)."""
 
     def __init__(self, message: str, report: RunReport) -> None:
         super().__init__(message)
-        self.report = report
-
-
-class RunInterrupted(Exception):
-    """A run ended by SIGINT/SIGTERM; ``report`` holds what it did (status ``interrupted``)."""
-
-    def __init__(self, report: RunReport, resumable: bool) -> None:
-        hint = "; rerun with --resume" if resumable else ""
-        super().__init__(f"interrupted: {report.processed_chunks} of {report.total_chunks} chunks done{hint}")
         self.report = report
 
 
@@ -362,8 +350,10 @@ def _cluster(cfg: ExecutorConfig):
         return cluster
     from distributed import LocalCluster
 
-    return LocalCluster(n_workers=cfg.workers, threads_per_worker=cfg.threads_per_worker,
-                        processes=True, dashboard_address=None)
+    # No dashboard; the scheduler's HTTP server (which it starts even without one) on a free local
+    # port: its default, 8787, is often taken by another cluster, and dask then warns and retries.
+    return LocalCluster(n_workers=cfg.workers, threads_per_worker=cfg.threads_per_worker, processes=True,
+                        dashboard_address="127.0.0.1:0", scheduler_kwargs={"dashboard": False})
 
 
 def jobqueue_cluster(jq: JobQueue):
