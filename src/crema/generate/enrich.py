@@ -35,6 +35,8 @@ from crema.schema import ConfigError
 # the analysis' AK4 selection (pT > 20 GeV, |eta| < 2.5)
 PARTON_PT_MIN = 20.0
 PARTON_ABS_ETA_MAX = 2.5
+# leptons count within the tracker acceptance
+LEPTON_ABS_ETA_MAX = 2.5
 # stop when fewer than this share of attempted events passes (a filter that nothing passes)
 MIN_EFFICIENCY = 1e-4
 
@@ -45,7 +47,7 @@ VARIABLES = ("ht", "lepton_pt", "system_pt")
 class GeneratorFilter:
     """Generator-level minimums; an event below any of them is not written (GeV, count)."""
 
-    lepton_pt: float = 0.0  # leading prompt e/mu
+    lepton_pt: float = 0.0  # leading prompt e/mu within |eta| < 2.5
     ht: float = 0.0  # scalar pT sum of partons (ISR and hard-process quarks) in the jet acceptance
     partons: int = 0  # partons in the jet acceptance
     system_pt: float = 0.0  # pT of the hard system (the W, Z, ttbar, X)
@@ -120,7 +122,7 @@ def hard_quantities(hard) -> dict[str, np.ndarray]:
         slot = rec[s]
         apdg = np.abs(slot.pdg)
         pt = slot.p4.pt
-        is_lep = slot.present & np.isin(apdg, (11, 13))
+        is_lep = slot.present & np.isin(apdg, (11, 13)) & (np.abs(slot.p4.eta) < LEPTON_ABS_ETA_MAX)
         lepton_pt = np.where(is_lep, np.maximum(lepton_pt, pt), lepton_pt)
         in_acc = (slot.present & ((apdg <= 5) | (apdg == 21)) & (pt > PARTON_PT_MIN)
                   & (np.abs(slot.p4.eta) < PARTON_ABS_ETA_MAX))

@@ -115,6 +115,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
     config = load_config(DEMO_CONFIGS[args.analysis]).with_executor(**_executor_overrides(args))
     config = generate_inputs(config, outdir / "samples", args.scale, console.print, reuse=args.resume)
     run_and_write(config, outdir, plots=not args.no_plots, resume=args.resume)
+    if args.analysis == "hhbbww":  # the demo ends in a result: crema fit on its own histograms
+        from crema.workflows.fit import result_block, run_fit
+
+        console.print(f"fitting {config.fit.observable} in {', '.join(config.fit.regions)} (crema fit) ...")
+        print(result_block(run_fit(outdir, outdir / "fit", config.fit, plots=not args.no_plots), outdir / "fit"))
     if args.analysis == "eft":
         from crema.stats.eft import fit
 
