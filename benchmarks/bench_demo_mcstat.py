@@ -65,6 +65,11 @@ def mc_stat_bins(run_dir: str | Path, fraction: float = 0.01) -> list[BinCheck]:
     return out
 
 
+def _regions(histogram: str) -> list[str]:
+    channel, rest = histogram.split("_", 1)
+    return [r for r in ("inclusive", "resolved_1b", "resolved_2b", "boosted") if rest.startswith(r + "_")]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir")
@@ -78,6 +83,10 @@ def main() -> int:
     print(f"{len(bins)} bins above {args.fraction:.0%} of their histogram's background in {len(histograms)} plotted "
           f"histograms; {len(failing)} with relative MC stat >= {args.max_relative:.0%}; "
           f"largest {max((b.relative for b in bins), default=0):.1%}")
+    for name in sorted({b.histogram.split("_")[0] + "_" + region for b in bins for region in _regions(b.histogram)}):
+        these = [b for b in bins if b.histogram.startswith(name + "_")]
+        bad = sum(b.relative >= args.max_relative for b in these)
+        print(f"  {name}: {len(these)} bins, {bad} failing, median MC stat {np.median([b.relative for b in these]):.1%}")
     for b in sorted(bins, key=lambda b: -b.relative)[: args.worst]:
         print(f"  {b.histogram} bin {b.bin} [{b.low:g}, {b.high:g}): {b.fraction:.1%} of background, "
               f"MC stat {b.relative:.1%}")

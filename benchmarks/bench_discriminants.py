@@ -18,7 +18,7 @@ Corrections (and so shape systematics) are off by default to keep the chain shor
 uses the demo's. Nothing is tuned on the fitted events: training and model choice are fixed before,
 and each event's score comes from the model of the other fold.
 
-Usage: python benchmarks/bench_discriminants.py --work WORK [--methods bdt mlp] [--scale 1] [--no-write]
+Usage: python benchmarks/bench_discriminants.py --work WORK [--methods bdt mlp] [--scale 1] [--reuse] [--no-write]
 """
 
 from __future__ import annotations
@@ -53,8 +53,10 @@ def main() -> int:
     parser.add_argument("--config", default=str(DEMO), help="run config (default: the demo's)")
     parser.add_argument("--methods", nargs="+", default=["bdt", "mlp"], choices=["bdt", "mlp", "cut"])
     parser.add_argument("--scale", type=float, default=1.0, help="scale the generated events (default 1)")
-    parser.add_argument("--max-mc-stat", type=float, default=0.3,
-                        help="merge bins until the background's relative MC stat is at most this (default 0.3)")
+    parser.add_argument("--max-mc-stat", type=float, default=0.15,
+                        help="merge bins until the background's relative MC stat is at most this (default 0.15)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the dataset, models and runs already in WORK (only the fits run again)")
     parser.add_argument("--corrections", action="store_true", help="keep the config's corrections and systematics")
     parser.add_argument("--no-write", action="store_true", help="do not update benchmarks/RESULTS.md")
     args = parser.parse_args()
@@ -73,19 +75,22 @@ def main() -> int:
     dump_config(config, work / "config.yaml")
 
     start = time.perf_counter()
-    make_dataset(work / "config.yaml", work / "data")
-    timings["classifier-dataset"] = time.perf_counter() - start
+    if not (args.reuse and (work / "data" / "features.parquet").is_file()):
+        make_dataset(work / "config.yaml", work / "data")
+        timings["classifier-dataset"] = time.perf_counter() - start
     start = time.perf_counter()
-    train(work / "data", work / "model", args.methods, folds=2, seed=0)
-    timings["classifier-train"] = time.perf_counter() - start
+    if not (args.reuse and (work / "model" / "training.json").is_file()):
+        train(work / "data", work / "model", args.methods, folds=2, seed=0)
+        timings["classifier-train"] = time.perf_counter() - start
 
     fits: dict[str, dict] = {}
     for i, method in enumerate(args.methods):
         run_dir = work / f"run_{method}"
         start = time.perf_counter()
-        run_and_write(with_options(config, classifier={"model": str(work / "model"), "method": method}), run_dir,
-                      plots=False)
-        timings[f"run ({method})"] = time.perf_counter() - start
+        if not (args.reuse and (run_dir / "histograms.root").is_file()):
+            run_and_write(with_options(config, classifier={"model": str(work / "model"), "method": method}), run_dir,
+                          plots=False)
+            timings[f"run ({method})"] = time.perf_counter() - start
         for observable in (["hme_mass"] if i == 0 else []) + ["classifier_score"]:
             name = observable if observable == "hme_mass" else f"{method} score"
             fit = replace(config.fit, observable=observable, channels=[CHANNEL], ranking=0,
