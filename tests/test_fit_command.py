@@ -113,10 +113,10 @@ def test_bad_requests_are_clear_errors(run_dir, tmp_path, capsys):
     assert "fit.norm_uncertainties.tt: no such process" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # the demo at --scale 0.1 (DeepHME, all systematics) and its fit: about 3 min on a loaded machine
+@pytest.mark.slow  # the demo at --scale 0.3 (DeepHME, all systematics) and its fit: about 5 min on a loaded machine
 def test_demo_ends_in_a_converged_fit(tmp_path, capsys):
     demo = tmp_path / "demo"
-    assert main(["demo", "-o", str(demo), "--scale", "0.1", "--no-plots", "--no-progress"]) == 0
+    assert main(["demo", "-o", str(demo), "--scale", "0.3", "--no-plots", "--no-progress"]) == 0
     results = json.loads((demo / "fit" / "fit_results.json").read_text())
     assert (demo / "fit" / "workspace.json").is_file()
     assert results["channels"] == ["dl_resolved_2b", "dl_boosted", "sl_resolved_2b", "sl_boosted"]

@@ -119,7 +119,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
         from crema.workflows.fit import result_block, run_fit
 
         console.print(f"fitting {config.fit.observable} in {', '.join(config.fit.regions)} (crema fit) ...")
-        print(result_block(run_fit(outdir, outdir / "fit", config.fit, plots=not args.no_plots), outdir / "fit"))
+        try:
+            print(result_block(run_fit(outdir, outdir / "fit", config.fit, plots=not args.no_plots), outdir / "fit"))
+        except FitFailed as err:  # the run's outputs are complete; small --scale samples may not give a limit
+            console.print(f"the demo's fit gave no result: {err}. The run's outputs in {outdir} are complete; "
+                          f"with --scale {args.scale:g} the samples may be too small (the fit converges at --scale 0.5 and 1).")
     if args.analysis == "eft":
         from crema.stats.eft import fit
 
