@@ -123,7 +123,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
             print(result_block(run_fit(outdir, outdir / "fit", config.fit, plots=not args.no_plots), outdir / "fit"))
         except FitFailed as err:  # the run's outputs are complete; small --scale samples may not give a limit
             console.print(f"the demo's fit gave no result: {err}. The run's outputs in {outdir} are complete; "
-                          f"with --scale {args.scale:g} the samples may be too small (the fit converges at --scale 0.5 and 1).")
+                          f"with --scale {args.scale:g} the samples may be too small (at --scale 0.5 it converged).")
     if args.analysis == "eft":
         from crema.stats.eft import fit
 
