@@ -111,3 +111,18 @@ def test_bad_requests_are_clear_errors(run_dir, tmp_path, capsys):
     (bad / "histograms.root").symlink_to(run_dir / "histograms.root")
     assert main(["fit", str(bad), "-o", str(tmp_path / "c"), "--signal", "XHH_800"]) == 2
     assert "fit.norm_uncertainties.tt: no such process" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # the demo at --scale 0.3 (DeepHME, all systematics) and its fit: about 5 min on a loaded machine
+def test_demo_ends_in_a_converged_fit(tmp_path, capsys):
+    demo = tmp_path / "demo"
+    assert main(["demo", "-o", str(demo), "--scale", "0.3", "--no-plots", "--no-progress"]) == 0
+    results = json.loads((demo / "fit" / "fit_results.json").read_text())
+    assert (demo / "fit" / "workspace.json").is_file()
+    assert results["channels"] == ["dl_resolved_2b", "dl_boosted", "sl_resolved_2b", "sl_boosted"]
+    assert 0 < results["expected_significance"] < np.inf
+    e = results["expected_limit"]
+    assert 0 < e["minus2"] < e["minus1"] < e["median"] < e["plus1"] < e["plus2"] < np.inf
+    assert results["mu_hat"] == pytest.approx(1.0, abs=1e-2)  # Asimov data with mu = 1
+    out = capsys.readouterr().out
+    assert "expected 95% CL limit on mu" in out and f"{e['median']:.3g}" in out

@@ -14,7 +14,21 @@ the model.
 >>> write_nanoaod("tt_pf.root", "tt_sl", 10_000, seed=1, pfnano=True)  # doctest: +SKIP
 """
 
-from .events import PROCESSES, generate_events
-from .writer import write_nanoaod
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["PROCESSES", "generate_events", "write_nanoaod"]
+
+
+def __getattr__(name: str) -> Any:
+    # loaded on first use: configs import crema.generate.enrich without the generator's dependencies
+    if name in ("PROCESSES", "generate_events"):
+        from . import events
+
+        return getattr(events, name)
+    if name == "write_nanoaod":
+        from .writer import write_nanoaod
+
+        return write_nanoaod
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,6 +18,7 @@ import numpy as np
 from . import eft as _eft
 from . import pfnano as _pfnano
 from . import theory as _theory
+from .enrich import MIN_EFFICIENCY, Enrichment, hard_quantities
 from .genjets import build_inputs, cluster
 from .processes import PROCESS_SPECS, generate_hard
 from .reco_event import met_filters, missing_et, pileup
@@ -40,6 +41,8 @@ class Block:
     scalars: dict[str, np.ndarray]
     collections: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # fixed-width per-event vectors (events, width)
+    # events attempted before a generator filter/bias: (count, sum of nominal weights, sum of squares)
+    generated: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -57,7 +60,8 @@ class Block:
             fields = {k: np.concatenate([b.collections[name][1][k] for b in blocks]) for k in blocks[0].collections[name][1]}
             colls[name] = (counts, fields)
         arrays = {k: np.concatenate([b.arrays[k] for b in blocks]) for k in blocks[0].arrays}
-        return Block(scalars, colls, arrays)
+        generated = None if blocks[0].generated is None else np.sum([b.generated for b in blocks], axis=0)
+        return Block(scalars, colls, arrays, generated)
 
 
 def check_process(process: str, mass: float = 800.0) -> None:
@@ -76,19 +80,39 @@ def block_rng(seed: int, process: str, block: int, stream: int = 0) -> np.random
 
 
 def generate_block(process: str, n: int, *, seed: int, block: int, mass: float, pfnano: bool = False,
-                   theory_weights: bool = True, data: bool = False) -> Block:
+                   theory_weights: bool = True, data: bool = False, enrich: Enrichment | None = None,
+                   max_keep: int | None = None) -> Block:
     """Generate events [block * BLOCK_SIZE, block * BLOCK_SIZE + n) of a process.
 
     With ``pfnano`` the PFNano tables are added from their own random stream, so
     that every other branch is the same as without. ``theory_weights``: write
     ``LHEScaleWeight``, ``LHEPdfWeight`` and ``PSWeight`` (no random numbers drawn).
     ``data``: collision-data-like (:func:`crema.generate.data.as_data`, from a third random stream).
+    ``enrich`` (:mod:`crema.generate.enrich`): the ``n`` hard events are attempted and only those
+    passing the filter/bias are simulated further, at most ``max_keep`` of them (the attempted
+    events then end with the last kept one); ``Block.generated`` counts the attempted events.
     """
     spec = PROCESS_SPECS[process]
     rng = block_rng(seed, process, block)
     first = block * BLOCK_SIZE
 
     hard = generate_hard(spec, rng, n, mass)
+    index = np.arange(first, first + n, dtype=np.uint64)
+    weight = generated = None
+    if enrich:
+        sign = np.where(rng.uniform(size=n) < spec.negative_fraction, -1.0, 1.0)
+        kept, factor = enrich.keep(hard_quantities(hard), rng.uniform(size=n))
+        idx = np.flatnonzero(kept)
+        attempted = n
+        if max_keep is not None and idx.size > max_keep:
+            idx = idx[:max_keep]
+            attempted = int(idx[-1]) + 1 if max_keep > 0 else 0
+        nominal = spec.weight * sign[:attempted]
+        generated = np.array([attempted, nominal.sum(), np.square(nominal).sum()])
+        hard = hard.take(idx)
+        weight = spec.weight * sign[idx] * factor[idx]
+        index = index[idx]
+        n = idx.size
     pu = pileup(rng, n)
     inp = build_inputs(rng, hard)
     cl4 = cluster(inp, 0.4, inp.pt4, inp.m4)
@@ -116,8 +140,8 @@ def generate_block(process: str, n: int, *, seed: int, block: int, mass: float, 
         rng, nu_px, nu_py, ak4.mis_px + lep.mis_px, ak4.mis_py + lep.mis_py, ak4.sum_pt + lep.sum_pt, ak4.var_pt, pu
     )
 
-    index = np.arange(first, first + n, dtype=np.uint64)
-    weight = np.where(rng.uniform(size=n) < spec.negative_fraction, -spec.weight, spec.weight)
+    if weight is None:
+        weight = np.where(rng.uniform(size=n) < spec.negative_fraction, -spec.weight, spec.weight)
     scalars: dict[str, np.ndarray] = {
         "run": np.ones(n),
         "luminosityBlock": 1 + index // EVENTS_PER_LUMI,
@@ -149,7 +173,7 @@ def generate_block(process: str, n: int, *, seed: int, block: int, mass: float, 
     arrays = _theory_branches(spec, hard) if theory_weights else {}
     if hard.parton is not None:  # EFT: weights at the reweight points relative to the nominal
         arrays["LHEReweightingWeight"] = _eft.reweight_weights(hard.parton).astype(np.float32)
-    typed = _typed(Block(scalars, colls, arrays), pfnano)
+    typed = _typed(Block(scalars, colls, arrays, generated), pfnano)
     if data:
         from .data import as_data
 
@@ -181,7 +205,7 @@ def _typed(block: Block, pfnano: bool = False) -> Block:
         counts, fields = block.collections[name]
         colls[name] = (counts.astype(COUNTER_TYPE), {k: np.asarray(fields[k]).astype(t, copy=False) for k, t in types.items()})
     arrays = {k: np.asarray(v).astype(WEIGHT_ARRAY_TYPE, copy=False) for k, v in block.arrays.items()}
-    return Block(scalars, colls, arrays)
+    return Block(scalars, colls, arrays, block.generated)
 
 
 def generate_blocks(
@@ -195,13 +219,39 @@ def generate_blocks(
     pfnano: bool = False,
     theory_weights: bool = True,
     data: bool = False,
+    enrich: Enrichment | None = None,
 ):
-    """Yield the blocks covering ``n_events`` (optionally a sub-range of blocks)."""
+    """Yield the blocks covering ``n_events`` (optionally a sub-range of blocks).
+
+    With ``enrich``, ``n_events`` is the number of events *kept*: blocks of ``BLOCK_SIZE``
+    attempted events follow one another until that many passed (``start_block``/``n_blocks``
+    are not used); a ValueError is raised when fewer than ``MIN_EFFICIENCY`` of them pass.
+    """
+    if enrich:
+        yield from _enriched_blocks(process, n_events, seed=seed, mass=mass, pfnano=pfnano,
+                                    theory_weights=theory_weights, enrich=enrich)
+        return
     total = -(-n_events // BLOCK_SIZE)
     stop = total if n_blocks is None else min(total, start_block + n_blocks)
     for b in range(start_block, stop):
         yield generate_block(process, min(BLOCK_SIZE, n_events - b * BLOCK_SIZE), seed=seed, block=b, mass=mass,
                              pfnano=pfnano, theory_weights=theory_weights, data=data)
+
+
+def _enriched_blocks(process: str, n_events: int, *, seed: int, mass: float, pfnano: bool, theory_weights: bool,
+                     enrich: Enrichment):
+    kept = attempted = 0
+    block = 0
+    while kept < n_events:
+        if attempted >= max(n_events, 1) / MIN_EFFICIENCY:
+            raise ValueError(f"generator filter/bias of {process}: {kept} of {attempted} attempted events passed "
+                             f"(efficiency below {MIN_EFFICIENCY:g}); loosen the filter")
+        out = generate_block(process, BLOCK_SIZE, seed=seed, block=block, mass=mass, pfnano=pfnano,
+                             theory_weights=theory_weights, enrich=enrich, max_keep=n_events - kept)
+        kept += out.n
+        attempted += int(out.generated[0])
+        block += 1
+        yield out  # also when nothing passed: its attempted events count in the normalisation
 
 
 def _jagged(counts: np.ndarray, content) -> ak.Array:

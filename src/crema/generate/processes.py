@@ -37,6 +37,7 @@ from .truth import (
     STATUS_OUTGOING,
     STATUS_RESONANCE,
     GenRecord,
+    Slot,
 )
 
 # Resonance parameters (GeV): mass, width
@@ -78,6 +79,24 @@ class HardEvent:
     resonances: list[Resonance]
     hadrons: dict[int, HeavyFlavour] = field(default_factory=dict)  # parton slot -> hadronisation
     parton: dict[str, np.ndarray] | None = None  # EFT processes: initial state and angle (crema.generate.eft)
+    system: P4 | None = None  # the hard system's four-momentum (lab frame)
+
+    def take(self, idx: np.ndarray) -> HardEvent:
+        """The events ``idx`` (indices or a mask) of this block, same slots."""
+        rec = GenRecord(int(np.count_nonzero(idx)) if np.asarray(idx).dtype == bool else len(idx))
+
+        def p4(v: P4) -> P4:
+            return P4(v.px[idx], v.py[idx], v.pz[idx], v.e[idx])
+
+        rec.slots = [
+            Slot(s.pdg[idx], s.status[idx], s.flags[idx], s.mother, p4(s.p4), s.present[idx],
+                 None if s.mass is None else s.mass[idx])
+            for s in self.rec.slots
+        ]
+        hadrons = {p: HeavyFlavour(h.flavour[idx], h.hadron, h.lepton, h.neutrino) for p, h in self.hadrons.items()}
+        parton = None if self.parton is None else {k: np.asarray(v)[idx] for k, v in self.parton.items()}
+        return HardEvent(rec, self.finals, self.isr, self.resonances, hadrons, parton,
+                         None if self.system is None else p4(self.system))
 
 
 @dataclass
@@ -488,7 +507,7 @@ def generate_hard(spec: ProcessSpec, rng: np.random.Generator, n: int, mass: flo
         rec[in2].pdg[:] = parton[0]["pdg2"]
 
     finals = sorted({s for r in resonances for s in r.finals})
-    event = HardEvent(rec, finals, isr, resonances, parton=parton[0] if parton else None)
+    event = HardEvent(rec, finals, isr, resonances, parton=parton[0] if parton else None, system=system)
     _hadronise_heavy_flavour(rng, event)
     return event
 

@@ -67,34 +67,68 @@ def limits(m: Model, observed: bool, confidence_level: float = 0.95, points: int
            sigma: float | None = None) -> dict[str, Any]:
     """Expected CLs upper limits on ``mu`` (median, +-1, +-2 sigma) and, with data, the observed one.
 
-    pyhf's scan: CLs (qtilde, asymptotic) at ``points`` values of ``mu``, each test giving the observed
-    and the five expected CLs at once, and the crossings of 1 - CL interpolated linearly. The scan
-    spans 0.8 to 4.5 times the Asimov uncertainty ``sigma`` of ``mu`` (asymptotically the expected
-    band at 95% CL runs from about 1.1 to 3.7 sigma) and is widened (at most three times) until
-    every crossing lies inside. ``sigma``: that uncertainty when already known (an Asimov fit).
+    A scan as pyhf's ``upper_limit`` does it: CLs (qtilde, asymptotic) at ``points`` values of ``mu``,
+    each test giving the observed and the five expected CLs at once, and the crossings of 1 - CL
+    interpolated linearly. The scan spans 0.8 to 4.5 times the Asimov uncertainty ``sigma`` of ``mu``
+    (asymptotically the expected band at 95% CL runs from about 1.1 to 3.7 sigma) and is widened (at
+    most three times) until every crossing lies between two tested points. A point whose fit does not
+    converge (Minuit, typically far above the limit where the background parameters must absorb a
+    huge signal) is left out of the interpolation; a crossing is only taken between converged points.
+    ``sigma``: that uncertainty when already known (an Asimov fit).
     """
     poi = m.model.config.poi_index
     bounds = [tuple(b) for b in m.model.config.suggested_bounds()]
     sigma = fit(m, observed=False).uncertainty[poi] if sigma is None else sigma
     lo, hi = 0.8 * sigma, 4.5 * sigma
     alpha = 1.0 - confidence_level
+    datasets = {"expected": m.asimov_b, **({"observed": m.data} if observed else {})}
+    tested: dict[str, dict[float, np.ndarray]] = {k: {} for k in datasets}
     for _ in range(4):
         bounds[poi] = (0.0, max(bounds[poi][1], 2 * hi))
-        scan = np.linspace(lo, hi, points)
-        datasets = {"expected": m.asimov_b, **({"observed": m.data} if observed else {})}
-        results = {k: pyhf.infer.intervals.upper_limits.upper_limit(d, m.model, scan=scan, level=alpha,
-                                                                    par_bounds=bounds, test_stat="qtilde")
-                   for k, d in datasets.items()}
-        expected = np.asarray(results["expected"][1], dtype=float)
-        found = [*expected, *([float(results["observed"][0])] if observed else [])]
-        if all(lo < x < hi for x in found):
+        for mu in np.linspace(lo, hi, points):
+            for k, d in datasets.items():
+                if float(mu) in tested[k]:
+                    continue
+                try:
+                    obs, exp = pyhf.infer.hypotest(mu, d, m.model, par_bounds=bounds, test_stat="qtilde",
+                                                   return_expected_set=True)
+                except (pyhf.exceptions.FailedMinimization, AssertionError):
+                    continue
+                tested[k][float(mu)] = np.asarray(exp, dtype=float) if k == "expected" else np.atleast_1d(float(obs))
+        crossings = {k: _crossings(by_mu, alpha) for k, by_mu in tested.items()}
+        expected = crossings["expected"]
+        found = [*expected, *(crossings["observed"] if observed else [])]
+        if all(np.isfinite(found)):
             break
-        lo, hi = (lo / 2, hi) if min(found) <= lo else (lo, hi * 2)
+        below = [x for x in found if x == -np.inf]
+        lo, hi = (lo / 2, hi) if below else (lo, hi * 2)
     else:
         raise ValueError(f"no {confidence_level:.0%} CL limit on mu below {hi:g}")
     out: dict[str, Any] = {"expected_limit": dict(zip(BAND, map(float, expected)))}
     if observed:
-        out["observed_limit"] = float(results["observed"][0])
+        out["observed_limit"] = float(crossings["observed"][0])
+    return out
+
+
+def _crossings(by_mu: dict[float, np.ndarray], alpha: float) -> list[float]:
+    """Per CLs curve the mu where it falls through ``alpha``, linearly between converged points;
+    -inf when already below at the lowest point, +inf when still above at the highest (or no point)."""
+    if not by_mu:
+        return [np.inf]
+    mus = np.array(sorted(by_mu))
+    values = np.stack([by_mu[mu] for mu in mus])  # (points, curves)
+    out = []
+    for curve in values.T:
+        if curve[0] < alpha:
+            out.append(-np.inf)
+            continue
+        below = np.flatnonzero(curve < alpha)
+        if not below.size:
+            out.append(np.inf)
+            continue
+        i = below[0]
+        x0, x1, y0, y1 = mus[i - 1], mus[i], curve[i - 1], curve[i]
+        out.append(float(x0 + (alpha - y0) * (x1 - x0) / (y1 - y0)))
     return out
 
 

@@ -176,6 +176,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
     config = load_config(DEMO_CONFIGS[args.analysis]).with_executor(**_executor_overrides(args))
     config = generate_inputs(config, outdir / "samples", args.scale, console.print, reuse=args.resume)
     run_and_write(config, outdir, plots=not args.no_plots, resume=args.resume)
+    if args.analysis == "hhbbww":  # the demo ends in a result: crema fit on its own histograms
+        from crema.workflows.fit import result_block, run_fit
+
+        console.print(f"fitting {config.fit.observable} in {', '.join(config.fit.regions)} (crema fit) ...")
+        try:
+            print(result_block(run_fit(outdir, outdir / "fit", config.fit, plots=not args.no_plots), outdir / "fit"))
+        except FitFailed as err:  # the run's outputs are complete; small --scale samples may not give a limit
+            console.print(f"the demo's fit gave no result: {err}. The run's outputs in {outdir} are complete; "
+                          f"with --scale {args.scale:g} the samples may be too small (at --scale 0.5 it converged).")
     if args.analysis == "eft":
         from crema.stats.eft import fit
 

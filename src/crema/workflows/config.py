@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import yaml
 
+from crema.generate.enrich import Enrichment, GeneratorBias, GeneratorFilter
 from crema.processors.classifier_dataset import ClassifierDatasetConfig
 from crema.plotting import ProcessStyle
 from crema.processors.common import SampleInfo
@@ -25,6 +26,15 @@ class GenerateSpec:
     seed: int = 0
     mass: float = 800.0
     pfnano: bool = False  # also write the PFNano constituent tables (PFCands, JetPFCands, SV, JetSVs)
+    # generator-level filter and biased sampling (crema.generate.enrich); ``events`` are then the events
+    # written, and the file's Runs tree counts all attempted events so ``xsec_pb`` stays inclusive
+    filter: GeneratorFilter | None = None
+    bias: GeneratorBias | None = None
+
+    @property
+    def enrichment(self) -> Enrichment:
+        """The filter and bias as the generator takes them."""
+        return Enrichment(self.filter, self.bias)
 
 
 @dataclass(frozen=True)

@@ -253,6 +253,31 @@ def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {text.splitlines()[0] if text else 'no message'}"
 
 
+def result_block(results: dict[str, Any], outdir: str | Path) -> str:
+    """A few lines for a user: expected significance and CLs limit on mu, where the fit outputs are.
+
+    On an Asimov dataset with mu = 1 the fit must return mu_hat = 1; a line says so when it does not.
+    """
+    e = results["expected_limit"]
+    cl = round(100 * results["confidence_level"])
+    channels = ", ".join(results["channels"])
+    lines = [
+        f"Expected result for {results['signal']} ({results['observable']} in {channels}; "
+        f"{results['luminosity_fb']:g} fb^-1, {results['fit_data']}):",
+        f"  expected significance      {results['expected_significance']:.2f} sigma",
+        f"  expected {cl}% CL limit on mu  {e['median']:.3g}   (68% band {e['minus1']:.3g} - {e['plus1']:.3g}, "
+        f"95% band {e['minus2']:.3g} - {e['plus2']:.3g})",
+    ]
+    if results["observed"]:
+        lines.append(f"  observed: significance {results['observed_significance']:.2f} sigma, "
+                     f"limit on mu {results['observed_limit']:.3g}")
+    elif abs(results["mu_hat"] - 1.0) > 1e-2:
+        lines.append(f"  note: the Asimov fit returned mu_hat = {results['mu_hat']:.4f}, not 1: the fit did not "
+                     "converge cleanly")
+    lines.append(f"  fit outputs (workspace.json, fit_results.json, plots) in {outdir}")
+    return "\n".join(lines)
+
+
 def summary(results: dict[str, Any]) -> str:
     """One line: expected significance and limit (and observed ones with data)."""
     e = results["expected_limit"]

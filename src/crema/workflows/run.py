@@ -201,7 +201,7 @@ def generate_inputs(config: Config, directory: str | Path, scale: float = 1.0, l
             if log is not None:
                 log(f"generating {n} {g.process} events -> {path}")
             tmp = path.with_name(f".{path.name}.tmp")
-            write_nanoaod(tmp, g.process, n, seed=g.seed, mass=g.mass, pfnano=g.pfnano)
+            write_nanoaod(tmp, g.process, n, seed=g.seed, mass=g.mass, pfnano=g.pfnano, enrich=g.enrichment)
             os.replace(tmp, path)
         datasets.append(replace(d, files=[str(path)], generate=replace(g, events=n)))
     return replace(config, datasets=datasets)

@@ -1,0 +1,135 @@
+"""Generator-level filters and biased sampling with per-event weights.
+
+A simulated background that dominates an analysis selection is usually far larger than the part the
+selection keeps: generated inclusively, each selected event stands for a huge number of real ones.
+Here the hard event (before jets, leptons and the detector are simulated, which is where generation
+spends its time) is tested against
+
+* a **filter**: minimum generator-level values (leading prompt lepton pT, parton HT, number of
+  partons, hard-system pT). Events below are not written; the weights of written events are
+  unchanged.
+* a **bias**: each event is kept with probability ``a(x) = clip((x / reference)^power, min_keep, 1)``
+  of a generator-level variable ``x`` (times ``light_keep`` for events without a b or c parton in
+  the jet acceptance) and written with its weight multiplied by ``1 / a``. The written sample
+  follows the harder spectrum ``a(x) p(x)``; ``1 / a`` is the true density over the sampled one
+  (up to the sample's normalisation), so weighted distributions are those of the unbiased process.
+
+Normalisation convention: the ``Runs`` tree's ``genEventCount``, ``genEventSumw`` and
+``genEventSumw2`` count every *attempted* event with its nominal weight (before filter and bias),
+so ``xsec_pb`` stays the process's inclusive cross section and crema's normalisation
+``xsec x luminosity / genEventSumw`` needs nothing else. The filter efficiency (sum of written
+weights over ``genEventSumw``) is written beside it as ``GenFilter_filterEfficiency``, with
+``GenFilter_numEventsTotal`` and ``GenFilter_numEventsPassed``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from crema.schema import ConfigError
+
+# generator-level jet acceptance of the partons counted in HT, N(partons) and heavy flavour:
+# the analysis' AK4 selection (pT > 20 GeV, |eta| < 2.5)
+PARTON_PT_MIN = 20.0
+PARTON_ABS_ETA_MAX = 2.5
+# leptons count within the tracker acceptance
+LEPTON_ABS_ETA_MAX = 2.5
+# stop when fewer than this share of attempted events passes (a filter that nothing passes)
+MIN_EFFICIENCY = 1e-4
+
+VARIABLES = ("ht", "lepton_pt", "system_pt")
+
+
+@dataclass(frozen=True)
+class GeneratorFilter:
+    """Generator-level minimums; an event below any of them is not written (GeV, count)."""
+
+    lepton_pt: float = 0.0  # leading prompt e/mu within |eta| < 2.5
+    ht: float = 0.0  # scalar pT sum of partons (ISR and hard-process quarks) in the jet acceptance
+    partons: int = 0  # partons in the jet acceptance
+    system_pt: float = 0.0  # pT of the hard system (the W, Z, ttbar, X)
+
+    def validate(self) -> None:
+        for name in ("lepton_pt", "ht", "partons", "system_pt"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: a minimum must be >= 0")
+
+
+@dataclass(frozen=True)
+class GeneratorBias:
+    """Keep an event with probability ``clip((variable / reference)^power, min_keep, 1)`` (x
+    ``light_keep`` without a b/c parton in the jet acceptance); its weight is multiplied by 1 / that."""
+
+    reference: float
+    variable: Literal["ht", "lepton_pt", "system_pt"] = "ht"
+    power: float = 2.0
+    min_keep: float = 0.01
+    light_keep: float = 1.0
+
+    def validate(self) -> None:
+        if not self.reference > 0:
+            raise ConfigError("reference: must be > 0 (GeV)")
+        if not self.power >= 0:
+            raise ConfigError("power: must be >= 0")
+        if not 0 < self.min_keep <= 1:
+            raise ConfigError("min_keep: a keep probability in (0, 1]")
+        if not 0 < self.light_keep <= 1:
+            raise ConfigError("light_keep: a keep probability in (0, 1]")
+
+
+@dataclass(frozen=True)
+class Enrichment:
+    """A filter and/or a bias applied to the hard events of a generated sample."""
+
+    filter: GeneratorFilter | None = None
+    bias: GeneratorBias | None = None
+
+    def __bool__(self) -> bool:
+        return self.filter is not None or self.bias is not None
+
+    def keep(self, quantities: dict[str, np.ndarray], u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mask of kept events and their weight factors (1 / keep probability), from uniforms ``u``."""
+        n = u.size
+        passed = np.ones(n, bool)
+        f = self.filter
+        if f is not None:
+            passed &= quantities["lepton_pt"] >= f.lepton_pt
+            passed &= quantities["ht"] >= f.ht
+            passed &= quantities["partons"] >= f.partons
+            passed &= quantities["system_pt"] >= f.system_pt
+        prob = np.ones(n)
+        b = self.bias
+        if b is not None:
+            x = np.maximum(quantities[b.variable], 0.0)
+            prob = np.clip((x / b.reference) ** b.power, b.min_keep, 1.0)
+            prob = np.where(quantities["heavy"], prob, prob * b.light_keep)
+        kept = passed & (u < prob)
+        return kept, 1.0 / prob
+
+
+def hard_quantities(hard) -> dict[str, np.ndarray]:
+    """Generator-level values the filter and bias read from a :class:`~crema.generate.processes.HardEvent`."""
+    rec = hard.rec
+    n = rec.n
+    lepton_pt = np.zeros(n)
+    ht = np.zeros(n)
+    partons = np.zeros(n, np.int64)
+    heavy = np.zeros(n, bool)
+    for s in hard.finals + hard.isr:
+        slot = rec[s]
+        apdg = np.abs(slot.pdg)
+        pt = slot.p4.pt
+        is_lep = slot.present & np.isin(apdg, (11, 13)) & (np.abs(slot.p4.eta) < LEPTON_ABS_ETA_MAX)
+        lepton_pt = np.where(is_lep, np.maximum(lepton_pt, pt), lepton_pt)
+        in_acc = (slot.present & ((apdg <= 5) | (apdg == 21)) & (pt > PARTON_PT_MIN)
+                  & (np.abs(slot.p4.eta) < PARTON_ABS_ETA_MAX))
+        ht += np.where(in_acc, pt, 0.0)
+        partons += in_acc
+        heavy |= in_acc & ((apdg == 4) | (apdg == 5))
+    return {"lepton_pt": lepton_pt, "ht": ht, "partons": partons, "heavy": heavy, "system_pt": hard.system.pt}
+
+
+__all__ = ["Enrichment", "GeneratorBias", "GeneratorFilter", "hard_quantities", "MIN_EFFICIENCY", "VARIABLES"]

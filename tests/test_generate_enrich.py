@@ -1,0 +1,139 @@
+"""Generator-level filters and biased sampling: unbiased weighted distributions, right normalisation."""
+
+from __future__ import annotations
+
+import awkward as ak
+import numpy as np
+import pytest
+import uproot
+
+from crema.generate import write_nanoaod
+from crema.generate.enrich import Enrichment, GeneratorBias, GeneratorFilter, hard_quantities
+from crema.generate.processes import PROCESS_SPECS, generate_hard
+from crema.schema import ConfigError, from_dict
+from crema.workflows.config import GenerateSpec
+
+LEPTON_MIN = 35.0
+ENRICH = Enrichment(GeneratorFilter(lepton_pt=LEPTON_MIN, partons=1),
+                    GeneratorBias(reference=200.0, variable="ht", power=2.0, min_keep=0.02, light_keep=0.5))
+
+
+def _chi2(a, var_a, b, var_b):
+    """chi2 and number of compared bins of two weighted histograms (bins with content in either)."""
+    var = var_a + var_b
+    used = var > 0
+    return float(np.sum((a[used] - b[used]) ** 2 / var[used])), int(used.sum())
+
+
+def _hist(x, w, edges):
+    return np.histogram(x, edges, weights=w)[0], np.histogram(x, edges, weights=w * w)[0]
+
+
+@pytest.fixture(scope="module")
+def hard_samples():
+    """Hard W+jets events: 200k unbiased, and the kept part of 200k others with their weight factors."""
+    spec = PROCESS_SPECS["wjets"]
+    plain = hard_quantities(generate_hard(spec, np.random.default_rng(11), 200_000, 800.0))
+    attempted = hard_quantities(generate_hard(spec, np.random.default_rng(12), 200_000, 800.0))
+    kept, factor = ENRICH.keep(attempted, np.random.default_rng(13).uniform(size=200_000))
+    return plain, {k: v[kept] for k, v in attempted.items()}, factor[kept]
+
+
+def test_biased_ht_spectrum_is_unbiased_above_the_filter(hard_samples):
+    plain, biased, factor = hard_samples
+    assert 0.005 < factor.size / 200_000 < 0.2  # the bias keeps a minority of events
+    assert np.all(np.isfinite(factor)) and np.all(factor >= 1.0)
+    assert factor.max() <= 1.0 / (0.02 * 0.5) + 1e-9
+    above = (plain["lepton_pt"] >= LEPTON_MIN) & (plain["partons"] >= 1)
+    edges = np.array([20, 40, 60, 80, 100, 130, 160, 200, 250, 300, 400, 600])
+    a, var_a = _hist(plain["ht"][above], np.ones(above.sum()), edges)
+    b, var_b = _hist(biased["ht"], factor, edges)
+    chi2, ndf = _chi2(a, var_a, b, var_b)
+    assert ndf == len(edges) - 1
+    assert chi2 < ndf + 5 * np.sqrt(2 * ndf), (chi2, ndf)
+    # the biased sample is much more precise in the tail than the unbiased one of the same size
+    tail = biased["ht"] > 250
+    n_eff = factor[tail].sum() ** 2 / (factor[tail] ** 2).sum()
+    assert n_eff > 3 * np.count_nonzero(plain["ht"][above] > 250) * factor.size / 200_000
+    # total yield above threshold (per attempted event)
+    yield_plain, yield_biased = above.sum() / 200_000, factor.sum() / 200_000
+    sigma = np.hypot(np.sqrt(above.sum()), np.sqrt((factor**2).sum())) / 200_000
+    assert abs(yield_biased - yield_plain) < 4 * sigma
+
+
+def test_dropping_the_bias_weight_is_detected(hard_samples):
+    """The chi2 of the comparison above can fail: without the 1/keep factor the HT spectrum is harder."""
+    plain, biased, factor = hard_samples
+    above = (plain["lepton_pt"] >= LEPTON_MIN) & (plain["partons"] >= 1)
+    edges = np.array([20, 40, 60, 80, 100, 130, 160, 200, 250, 300, 400, 600])
+    a, var_a = _hist(plain["ht"][above], np.ones(above.sum()), edges)
+    unweighted = np.full(factor.size, factor.sum() / factor.size)
+    b, var_b = _hist(biased["ht"], unweighted, edges)
+    chi2, ndf = _chi2(a, var_a, b, var_b)
+    assert chi2 > 10 * ndf
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("enrich")
+    plain = write_nanoaod(d / "plain.root", "wjets", 4000, seed=5)
+    enriched = write_nanoaod(d / "enriched.root", "wjets", 1500, seed=6, enrich=ENRICH)
+    return plain, enriched
+
+
+def _read(path):
+    with uproot.open(path) as f:
+        runs = f["Runs"].arrays(library="np")
+        ev = f["Events"].arrays(["genWeight", "Muon_pt", "Electron_pt"])
+    lep = ak.concatenate([ev.Muon_pt, ev.Electron_pt], axis=1)
+    lead = ak.to_numpy(ak.fill_none(ak.max(lep, axis=1), 0.0))
+    return runs, np.asarray(ev.genWeight, dtype=np.float64), lead
+
+
+def test_written_sample_normalisation_and_weights(files):
+    plain, enriched = files
+    runs0, w0, lead0 = _read(plain)
+    runs, w, lead = _read(enriched)
+    assert w.size == 1500
+    assert int(runs["genEventCount"][0]) > 1500 == int(runs["GenFilter_numEventsPassed"][0])
+    assert runs["GenFilter_numEventsTotal"][0] == runs["genEventCount"][0]
+    assert runs["GenFilter_filterEfficiency"][0] == pytest.approx(w.sum() / runs["genEventSumw"][0], rel=1e-6)
+    assert "GenFilter_filterEfficiency" not in runs0
+    nominal = PROCESS_SPECS["wjets"].weight
+    assert np.all(np.isfinite(w)) and np.all(np.abs(w) >= nominal * (1 - 1e-6))
+    # genEventSumw counts attempted events with their nominal weights (20% negative)
+    expected = nominal * runs["genEventCount"][0] * (1 - 2 * PROCESS_SPECS["wjets"].negative_fraction)
+    assert runs["genEventSumw"][0] == pytest.approx(expected, rel=0.02)
+    # normalised yield of reconstructed leptons above the filter threshold (+ resolution margin)
+    cut = LEPTON_MIN + 10.0
+    y0 = w0[lead0 > cut].sum() / runs0["genEventSumw"][0]
+    y = w[lead > cut].sum() / runs["genEventSumw"][0]
+    s0 = np.sqrt((w0[lead0 > cut] ** 2).sum()) / runs0["genEventSumw"][0]
+    s = np.sqrt((w[lead > cut] ** 2).sum()) / runs["genEventSumw"][0]
+    assert abs(y - y0) < 4 * np.hypot(s, s0), (y, y0, s, s0)
+    edges = np.array([cut, 55, 70, 90, 120, 200])
+    a, va = _hist(lead0[lead0 > cut], w0[lead0 > cut] / runs0["genEventSumw"][0], edges)
+    b, vb = _hist(lead[lead > cut], w[lead > cut] / runs["genEventSumw"][0], edges)
+    chi2, ndf = _chi2(a, va, b, vb)
+    assert chi2 < ndf + 5 * np.sqrt(2 * ndf), (chi2, ndf)
+
+
+def test_generate_spec_validation_names_the_key():
+    where = "datasets.WtoLNu.generate"
+    spec = from_dict(GenerateSpec, {"process": "wjets", "events": 10, "filter": {"lepton_pt": 25},
+                                    "bias": {"reference": 150}}, where)
+    assert spec.enrichment and spec.enrichment.bias.variable == "ht"
+    assert not from_dict(GenerateSpec, {"process": "wjets", "events": 10}, where).enrichment
+    bad = [({"bias": {"reference": 0}}, "bias.reference"), ({"bias": {"reference": 9, "variable": "mjj"}}, "bias.variable"),
+           ({"bias": {"reference": 9, "min_keep": 0}}, "bias.min_keep"), ({"filter": {"ht": -1}}, "filter.ht"),
+           ({"filter": {"njets": 2}}, "filter.njets")]
+    for extra, key in bad:
+        with pytest.raises(ConfigError, match=rf"{where}\.{key}"):
+            from_dict(GenerateSpec, {"process": "wjets", "events": 10, **extra}, where)
+
+
+def test_unpassable_filter_and_data_are_errors(tmp_path):
+    with pytest.raises(ValueError, match="efficiency below"):
+        write_nanoaod(tmp_path / "x.root", "dy", 1, seed=1, enrich=Enrichment(GeneratorFilter(ht=1e6)))
+    with pytest.raises(ValueError, match="simulation only"):
+        write_nanoaod(tmp_path / "y.root", "dy", 1, seed=1, data=True, enrich=ENRICH)
