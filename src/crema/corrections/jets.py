@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,14 +147,22 @@ class JetCorrector:
     def correct_all(self, events: ak.Array, variations: Iterable[str] | None = None) -> dict[str, ak.Array]:
         """``{variation: jets}`` for ``nominal`` and ``variations`` (default: all), sharing the JEC/JER work."""
         wanted = [NOMINAL, *self.variations] if variations is None else list(variations)
+        return dict(self.iter_correct(events, wanted))
+
+    def iter_correct(self, events: ak.Array, variations: Iterable[str]) -> Iterator[tuple[str, ak.Array]]:
+        """``(variation, jets)`` for each of ``variations`` in turn, sharing the JEC/JER work like
+        :meth:`correct_all`; a variation's arrays are built only when it is reached, so a caller that
+        drops each before the next holds one variation at a time."""
+        wanted = list(variations)
         unknown = [v for v in wanted if v != NOMINAL and v not in self.variations]
         if unknown:
             raise ValueError(f"unknown jet variation {unknown[0]!r} (known: nominal, {', '.join(self.variations)})")
         # JER up/down scale factors are evaluated only when those variations are asked for
         jer = ("nominal", *(d for d in ("up", "down") if f"JER_{d}" in wanted))
         flat = self._flat(events, jer)
-        jets = events[self.config.collection]
-        return {v: self._build(jets, flat, *self._pt_mass(flat, v)) for v in wanted}
+        # the fields every variation shares are made jagged once
+        jets = self._shared_fields(events[self.config.collection], flat)
+        return ((v, self._build(jets, flat, *self._pt_mass(flat, v))) for v in wanted)
 
     def jec_factor(self, events: ak.Array) -> np.ndarray:
         """Flat (collection order) nominal calibration factor ``pt_jec / pt_raw``, before smearing."""
@@ -292,12 +300,18 @@ class JetCorrector:
         return pt * scale, mass * scale
 
     @staticmethod
-    def _build(jets: ak.Array, flat: _Flat, pt: np.ndarray, mass: np.ndarray) -> ak.Array:
-        jagged = lambda a: ak.unflatten(a, flat.counts)  # noqa: E731
+    def _shared_fields(jets: ak.Array, flat: _Flat) -> ak.Array:
         out = jets
-        for name, values in (("pt", pt), ("mass", mass), ("pt_raw", flat.pt_raw), ("mass_raw", flat.mass_raw),
-                             ("pt_jec", flat.pt_jec), ("pt_orig", flat.pt_orig), ("mass_orig", flat.mass_orig)):
-            out = ak.with_field(out, jagged(values), name)  # keeps the collection's behaviour
+        for name, values in (("pt_raw", flat.pt_raw), ("mass_raw", flat.mass_raw), ("pt_jec", flat.pt_jec),
+                             ("pt_orig", flat.pt_orig), ("mass_orig", flat.mass_orig)):
+            out = ak.with_field(out, ak.unflatten(values, flat.counts), name)  # keeps the collection's behaviour
+        return out
+
+    @staticmethod
+    def _build(jets: ak.Array, flat: _Flat, pt: np.ndarray, mass: np.ndarray) -> ak.Array:
+        """``jets`` (with :meth:`_shared_fields`) with this variation's pt and mass, sorted by pt."""
+        out = ak.with_field(jets, ak.unflatten(pt, flat.counts), "pt")
+        out = ak.with_field(out, ak.unflatten(mass, flat.counts), "mass")
         return out[ak.argsort(out.pt, axis=1, ascending=False)]
 
 

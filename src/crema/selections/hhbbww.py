@@ -9,7 +9,15 @@ import numpy as np
 from coffea.analysis_tools import PackedSelection
 
 from crema.selections.config import ChannelCuts, Region, SelectionConfig
-from crema.selections.objects import SELECTION_BRANCHES, btagged, fatjet_mask, jet_masks, leptons
+from crema.selections.objects import (
+    LEPTON_CLEANED,
+    SELECTION_BRANCHES,
+    btagged,
+    fatjet_mask,
+    jet_masks,
+    lepton_cleaned,
+    leptons,
+)
 
 CHANNELS = ("sl", "dl")
 
@@ -45,6 +53,23 @@ def required_branches(cfg: SelectionConfig, met: str) -> dict[str, str]:
     return needs
 
 
+def select_leptons(events: ak.Array, cfg: SelectionConfig) -> ak.Array:
+    """The selected electrons and muons of ``cfg`` as one pt-sorted collection (see :func:`leptons`)."""
+    return leptons(events.Electron, events.Muon, cfg.electron, cfg.muon)
+
+
+def with_lepton_cleaning(events: ak.Array, selected_leptons: ak.Array, cfg: SelectionConfig) -> ak.Array:
+    """``events`` whose AK4 jets carry the lepton-cleaning decision of ``cfg.jet`` as the field
+    :data:`~crema.selections.objects.LEPTON_CLEANED`.
+
+    It depends on jet eta and phi only, which no jet energy correction changes, so it is computed
+    once per chunk and travels with each jet through every variation's re-sorting by pt;
+    :func:`select_objects` then reads it instead of recomputing it.
+    """
+    cleaned = lepton_cleaned(events.Jet, selected_leptons, cfg.jet.lepton_dr_min)
+    return ak.with_field(events, ak.with_field(events.Jet, cleaned, LEPTON_CLEANED), "Jet")
+
+
 def select_objects(events: ak.Array, cfg: SelectionConfig, btag_threshold: float, met: str = "PuppiMET",
                    selected_leptons: ak.Array | None = None, selected_fatjets: ak.Array | None = None) -> Objects:
     """Apply the object selections of ``cfg`` to a chunk of NanoEvents.
@@ -52,7 +77,7 @@ def select_objects(events: ak.Array, cfg: SelectionConfig, btag_threshold: float
     ``selected_leptons``/``selected_fatjets`` reuse an earlier selection of objects that did not
     change (AK4 jet variations leave leptons and AK8 jets alone).
     """
-    leps = leptons(events.Electron, events.Muon, cfg.electron, cfg.muon) if selected_leptons is None else selected_leptons
+    leps = select_leptons(events, cfg) if selected_leptons is None else selected_leptons
     central, forward = jet_masks(events.Jet, leps, cfg.jet)
     jets = events.Jet[central]
     return Objects(
@@ -114,4 +139,5 @@ def region_masks(objects: Objects, regions: dict[str, Region]) -> dict[str, np.n
     return masks
 
 
-__all__ = ["CHANNELS", "Objects", "channel_selection", "region_masks", "required_branches", "select_objects"]
+__all__ = ["CHANNELS", "Objects", "channel_selection", "region_masks", "required_branches", "select_leptons",
+           "select_objects", "with_lepton_cleaning"]
