@@ -332,13 +332,15 @@ class HHbbWWProcessor(processor.ProcessorABC):
                                                       if v in weights.variations))  # a theory branch may be absent
 
         passed_any = np.zeros(n, dtype=bool)  # events passing some channel (nominal)
+        lepton_steps: dict = {}  # each channel's lepton cuts, shared by the jet variations
         # one variation's arrays alive at a time: each is built when the loop reaches it
         for systematic, corrected in itertools.chain([(NOMINAL, nominal_events)], variants):
             # a shape variation redoes selection, models and filling; weight variations only re-weight
             objects = nominal if systematic == NOMINAL else self.select(corrected, nominal)
             regions = sel.region_masks(objects, self.selection.regions)
             for channel in self.channels:
-                selection, cuts = sel.channel_selection(objects, channel, self.selection.channels[channel])
+                selection, cuts = sel.channel_selection(objects, channel, self.selection.channels[channel],
+                                                        lepton_steps)
                 cuts = steps.prepend(selection, add_input_steps(selection, cuts, objects.met, weight_ok),
                                      objects.leptons, channel)
                 if systematic == NOMINAL:

@@ -91,37 +91,55 @@ def select_objects(events: ak.Array, cfg: SelectionConfig, btag_threshold: float
     )
 
 
-def channel_selection(objects: Objects, channel: str, cuts: ChannelCuts) -> tuple[PackedSelection, list[str]]:
-    """The cuts of one channel as a coffea ``PackedSelection`` and their names in cutflow order."""
+def channel_selection(objects: Objects, channel: str, cuts: ChannelCuts,
+                      lepton_steps: dict | None = None) -> tuple[PackedSelection, list[str]]:
+    """The cuts of one channel as a coffea ``PackedSelection`` and their names in cutflow order.
+
+    ``lepton_steps``: a dict kept across the calls of one chunk; the lepton cuts (all but ``jets``)
+    of a channel are computed once and taken from it while ``objects.leptons`` is the same array
+    (jet variations share the leptons).
+    """
     if channel not in CHANNELS:
         raise ValueError(f"unknown channel {channel!r} (known: {', '.join(CHANNELS)})")
     leps = objects.leptons
-    n_lep = cuts.n_leptons
-    lead = ak.pad_none(leps, 2, axis=1)
-    n_central = ak.num(objects.jets, axis=1)
-    n_fat = ak.num(objects.fatjets, axis=1)
-
+    known = None if lepton_steps is None else lepton_steps.get(channel)
+    if known is None or known[0] is not leps:
+        known = (leps, _lepton_steps(leps, cuts))
+        if lepton_steps is not None:
+            lepton_steps[channel] = known
     selection = PackedSelection()
     names = []
-
-    def add(name, mask):
-        selection.add(name, np.asarray(ak.to_numpy(ak.fill_none(mask, False)), dtype=bool))
+    for name, mask in [*known[1], ("jets", _jets_step(objects, cuts))]:
+        selection.add(name, mask)
         names.append(name)
+    return selection, names
 
-    add(f"{n_lep} lepton{'s' if n_lep > 1 else ''}", ak.num(leps, axis=1) == n_lep)
+
+def _as_mask(mask) -> np.ndarray:
+    return np.asarray(ak.to_numpy(ak.fill_none(mask, False)), dtype=bool)
+
+
+def _lepton_steps(leps: ak.Array, cuts: ChannelCuts) -> list[tuple[str, np.ndarray]]:
+    n_lep = cuts.n_leptons
+    lead = ak.pad_none(leps, 2, axis=1)
+    steps = [(f"{n_lep} lepton{'s' if n_lep > 1 else ''}", ak.num(leps, axis=1) == n_lep)]
     pt_ok = lead[:, 0].pt > cuts.leading_lepton_pt_min
     if n_lep > 1:
         pt_ok = pt_ok & (lead[:, 1].pt > cuts.subleading_lepton_pt_min)
-    add("lepton pt", pt_ok)
+    steps.append(("lepton pt", pt_ok))
     if cuts.opposite_charge and n_lep > 1:
-        add("opposite charge", lead[:, 0].charge * lead[:, 1].charge < 0)
+        steps.append(("opposite charge", lead[:, 0].charge * lead[:, 1].charge < 0))
     if cuts.tight_leptons:
-        add("tight leptons", ak.all(leps[:, :n_lep].tight, axis=1))
+        steps.append(("tight leptons", ak.all(leps[:, :n_lep].tight, axis=1)))
+    return [(name, _as_mask(mask)) for name, mask in steps]
+
+
+def _jets_step(objects: Objects, cuts: ChannelCuts) -> np.ndarray:
+    n_central = ak.num(objects.jets, axis=1)
     resolved = n_central >= cuts.min_central_jets
     if cuts.min_jets_with_forward:
         resolved = resolved & (n_central + ak.num(objects.forward_jets, axis=1) >= cuts.min_jets_with_forward)
-    add("jets", resolved | (n_fat >= cuts.min_fatjets))
-    return selection, names
+    return _as_mask(resolved | (ak.num(objects.fatjets, axis=1) >= cuts.min_fatjets))
 
 
 def region_masks(objects: Objects, regions: dict[str, Region]) -> dict[str, np.ndarray]:
