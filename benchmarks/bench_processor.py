@@ -185,7 +185,7 @@ def measure_jec(path: str, entry_stop: int, repeat: int) -> dict:
 
     def bare():
         jec = compound.evaluate(*[values[i.name] for i in compound.inputs])
-        v = {**values, "JetPt": pt_raw * jec, "systematic": cfg.jer_values[0]}
+        v = {**values, "JetPt": pt_raw * jec, "systematic": next(iter(cfg.jer_values))}
         resolution.evaluate(*[v[i.name] for i in resolution.inputs])
         sf.evaluate(*[v[i.name] for i in sf.inputs])
 

@@ -179,11 +179,16 @@ class JetCorrector:
         if "pt_orig" not in ak.fields(jets):
             raise ValueError("corrected_met needs jets from JetCorrector.correct (no pt_orig field)")
         m = events[met]
+        # per jet on flat numpy (jets in their pt order, the order the sums run in); one awkward sum per axis
+        counts = ak.num(jets, axis=1)
+        flat = lambda a: np.asarray(ak.to_numpy(ak.flatten(a, axis=1)))  # noqa: E731
+        pt, pt_orig, phi = flat(jets.pt), flat(jets.pt_orig), flat(jets.phi)
         # a jet with unphysical kinematics (dropped by the selection) moves nothing: it must not turn MET into NaN
-        usable = physical_kinematics(jets) & physical(jets.pt_orig, "pt")
-        moved = ak.where(usable & (jets.pt > self.config.met_jet_pt_min), jets.pt - jets.pt_orig, 0.0)
-        dx = ak.sum(moved * np.cos(jets.phi), axis=1)
-        dy = ak.sum(moved * np.sin(jets.phi), axis=1)
+        usable = flat(physical_kinematics(jets)) & physical(pt_orig, "pt")
+        with np.errstate(invalid="ignore"):
+            moved = np.where(usable & (pt > self.config.met_jet_pt_min), pt - pt_orig, 0.0)
+        dx = ak.sum(ak.unflatten(moved * np.cos(phi), counts), axis=1)
+        dy = ak.sum(ak.unflatten(moved * np.sin(phi), counts), axis=1)
         px = m.pt * np.cos(m.phi) - dx
         py = m.pt * np.sin(m.phi) - dy
         out = ak.with_field(m, np.hypot(px, py), "pt")
