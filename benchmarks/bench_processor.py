@@ -90,22 +90,31 @@ def accessed_branches(config_path: str) -> list[str]:
     return sorted({a.branch for a in log})
 
 
-def measure_uproot(config_path: str, chunksize: int) -> dict:
+def measure_uproot(config_path: str, chunksize: int, runs: int = 1) -> dict:
     import uproot
 
     from crema.workflows.config import load_config
 
     branches = accessed_branches(config_path)
     files = load_config(config_path).datasets[0].files
-    start = time.perf_counter()
-    n = 0
-    for arrays in uproot.iterate([{f: "Events"} for f in files], branches, step_size=chunksize, library="ak"):
-        n += len(arrays)
-    return {"seconds": time.perf_counter() - start, "events": n, "branches": len(branches), "rss_mb": _maxrss_mb()}
+    best = {}
+    for _ in range(runs):
+        start, cpu = time.perf_counter(), time.process_time()
+        n = 0
+        for arrays in uproot.iterate([{f: "Events"} for f in files], branches, step_size=chunksize, library="ak"):
+            n += len(arrays)
+        best = _best(best, time.perf_counter() - start, time.process_time() - cpu)
+    return {**best, "events": n, "branches": len(branches), "rss_mb": _maxrss_mb()}
+
+
+def _best(best: dict, seconds: float, cpu: float) -> dict:
+    """Keep the shortest wall and CPU time over repeated runs (the run least disturbed by other jobs)."""
+    return {"seconds": min(seconds, best.get("seconds", seconds)), "cpu": min(cpu, best.get("cpu", cpu))}
 
 
 def measure_run(config_path: str, executor: str, workers: int, options: dict | None = None,
-                maxchunks: int | None = None) -> dict:
+                maxchunks: int | None = None, runs: int = 1) -> dict:
+    """Best of ``runs``: wall time, and CPU time of this process plus, on dask, of the workers."""
     from dataclasses import replace
 
     from crema.workflows.config import load_config
@@ -128,10 +137,16 @@ def measure_run(config_path: str, executor: str, workers: int, options: dict | N
     # one small chunk per worker first: one-off costs (imports, numba compilation in NanoEvents,
     # correctionlib/ONNX set-up) stay out of the throughput, as in any long-running pool
     run(config.with_executor(chunksize=2000, maxchunks=max(workers, 1), progress=False))
-    start = time.perf_counter()
-    output, report = run(config)
-    seconds = time.perf_counter() - start
-    result = {"seconds": seconds, "events": sum(report.processed.values()), "rss_mb": _maxrss_mb()}
+    def cpu() -> float:
+        workers_cpu = client.run(time.process_time) if client is not None else {}
+        return time.process_time() + sum(workers_cpu.values())
+
+    best = {}
+    for _ in range(runs):
+        start, start_cpu = time.perf_counter(), cpu()
+        output, report = run(config)
+        best = _best(best, time.perf_counter() - start, cpu() - start_cpu)
+    result = {**best, "events": sum(report.processed.values()), "rss_mb": _maxrss_mb()}
     if client is not None:
         import resource
 
@@ -234,6 +249,7 @@ def main() -> None:
                         help="events (one chunk of the first file) for the systematics row")
     parser.add_argument("--jec-events", type=int, default=50_000, help="events for the JEC row")
     parser.add_argument("--repeat", type=int, default=3, help="best of, for the JEC row")
+    parser.add_argument("--runs", type=int, default=2, help="best of, for the run rows")
     parser.add_argument("--no-dask", action="store_true", help="skip the dask rows")
     parser.add_argument("--memory-chunks", type=int, default=0, help="chunks for the memory row (0: no memory row)")
     parser.add_argument("--memory-chunksize", type=int, default=200_000)
@@ -255,34 +271,39 @@ def main() -> None:
             print(f"{version}: {name}", flush=True)
             res[version][name] = _subprocess(func, *fargs, src=src)
 
-    measure("read", "measure_uproot", config, args.chunksize)
-    measure("iterative", "measure_run", config, "iterative", 1)
+    measure("read", "measure_uproot", config, args.chunksize, args.runs)
+    measure("iterative", "measure_run", config, "iterative", 1, None, None, args.runs)
     measure("jec", "measure_jec", str(files[0]), args.jec_events, args.repeat)
-    measure("nominal", "measure_run", subset, "iterative", 1, nominal, 1)
-    measure("systematics", "measure_run", subset, "iterative", 1, every, 1)
+    measure("nominal", "measure_run", subset, "iterative", 1, nominal, 1, args.runs)
+    measure("systematics", "measure_run", subset, "iterative", 1, every, 1, args.runs)
     if not args.no_dask:
-        measure("dask1", "measure_run", config, "dask", 1)
-        measure("dask2", "measure_run", config, "dask", 2)
+        measure("dask1", "measure_run", config, "dask", 1, None, None, args.runs)
+        measure("dask2", "measure_run", config, "dask", 2, None, None, args.runs)
     if args.memory_chunks:
         measure("memory", "measure_memory", config, args.memory_chunksize, args.memory_chunks)
 
-    def rate(r: dict) -> float:
-        return r["events"] / r["seconds"]
+    def rate(r: dict, key: str = "cpu") -> float:
+        return r["events"] / r[key]
 
     rows = [
-        ("processor (no ML, no corrections): events/s, one core", lambda r: f"{rate(r['iterative']):,.0f}", ">= 100,000"),
-        ("processor time / uproot read time of its branches",
-         lambda r: f"{r['iterative']['seconds'] / r['read']['seconds']:.2f}x", "<= 4x"),
+        ("processor (no ML, no corrections): events per CPU second", lambda r: f"{rate(r['iterative']):,.0f}",
+         ">= 100,000 per core"),
+        ("processor / uproot read of its branches, CPU time",
+         lambda r: f"{r['iterative']['cpu'] / r['read']['cpu']:.2f}x", "<= 4x"),
         ("nominal JEC + JER: crema / bare correctionlib, same jets",
          lambda r: f"{r['jec']['crema'] / r['jec']['bare']:.2f}x ({r['jec']['crema'] / r['jec']['jets'] * 1e6:.2f} "
                    f"vs {r['jec']['bare'] / r['jec']['jets'] * 1e6:.2f} s per 1M jets)", "<= 1.3x"),
-        ("all systematics / nominal corrections, run time",
-         lambda r: f"{r['systematics']['seconds'] / r['nominal']['seconds']:.2f}x", "<= 8x"),
+        ("all systematics / nominal corrections, CPU time",
+         lambda r: f"{r['systematics']['cpu'] / r['nominal']['cpu']:.2f}x", "<= 8x"),
     ]
     if not args.no_dask:
         rows += [
-            ("dask 1 worker / iterative, events/s", lambda r: f"{rate(r['dask1']) / rate(r['iterative']):.2f}x", ">= 0.9x"),
-            ("dask 2 workers / 1 worker, events/s", lambda r: f"{rate(r['dask2']) / rate(r['dask1']):.2f}x", ">= 1.8x"),
+            ("dask 1 worker / iterative, events per CPU second (workers + client)",
+             lambda r: f"{rate(r['dask1']) / rate(r['iterative']):.2f}x", ">= 0.9x"),
+            ("dask 1 worker / iterative, events per wall second",
+             lambda r: f"{rate(r['dask1'], 'seconds') / rate(r['iterative'], 'seconds'):.2f}x", ">= 0.9x"),
+            ("dask 2 workers / 1 worker, events per wall second",
+             lambda r: f"{rate(r['dask2'], 'seconds') / rate(r['dask1'], 'seconds'):.2f}x", ">= 1.8x"),
         ]
     if args.memory_chunks:
         rows += [
@@ -294,17 +315,19 @@ def main() -> None:
     table = [header, "|---|" + "---:|" * len(versions) + "---|"]
     table += [f"| {name} | " + " | ".join(fmt(res[v]) for v in versions) + f" | {goal} |" for name, fmt, goal in rows]
     after = res["after"]
-    times = ", ".join(f"{name} {r['seconds']:.1f} s" for name, r in after.items() if "seconds" in r)
+    times = ", ".join(f"{name} {r['seconds']:.1f} s ({r['cpu']:.1f} s CPU)" for name, r in after.items() if "cpu" in r)
     body = "\n".join([
         f"Input: {args.events:,} generated events ({', '.join(p.name for p in files)}), chunksize {args.chunksize:,}; "
         f"the uproot read loads the {after['read']['branches']} branches the processor reads (coffea access log). "
         f"Systematics row: {after['nominal']['events']:,} events (one chunk), iterative. JEC row: "
         f"{after['jec']['jets']:,} jets of the first file in memory, best of {args.repeat}, interleaved. "
-        "Times include coffea preprocessing; excluded: cluster start-up and one warm-up chunk per worker.",
+        f"Run rows: best of {args.runs} runs after a warm-up chunk per worker (cluster start-up excluded; coffea "
+        "preprocessing included). Ratios use CPU time where the machine is shared (other jobs lengthen wall "
+        "time, hardly CPU time); the 2-vs-1-worker row needs wall time and a quiet machine.",
         "",
         *table,
         "",
-        f"Wall times (after): {times}.",
+        f"Wall (CPU) times, after: {times}.",
         f"Load: {os.getloadavg()[0]:.1f} (1-min load average at the end) on {os.cpu_count()} cores.",
     ])
     print(body)
