@@ -266,11 +266,12 @@ class JetCorrector:
         cfg = self.config
         values = {"JetEta": flat.eta, "JetPt": flat.pt_jec, "Rho": flat.rho}
         sigma = self._evaluate(cfg.jer_resolution, values)
-        gen_pt, dr = _matched_gen(events, jets, cfg, flat.counts)
+        gen_pt, dr = _matched_gen(events, jets, cfg, flat)
         matched = (dr < 0.5 * cfg.cone_size) & (np.abs(flat.pt_jec - gen_pt) < 3.0 * sigma * flat.pt_jec)
         n_events = len(flat.counts)
         event_of_jet = np.repeat(np.arange(n_events), flat.counts)
-        index = np.asarray(ak.to_numpy(ak.flatten(ak.local_index(jets, axis=1), axis=1)))
+        starts = np.cumsum(flat.counts) - flat.counts
+        index = np.arange(len(event_of_jet), dtype=np.int64) - starts[event_of_jet]  # the jet's place in its event
         z = standard_normal(np.asarray(ak.to_numpy(events.run))[event_of_jet],
                             np.asarray(ak.to_numpy(events.luminosityBlock))[event_of_jet],
                             np.asarray(ak.to_numpy(events.event))[event_of_jet], index, _STREAMS[self.section])
@@ -328,13 +329,14 @@ def _rho(events: ak.Array, name: str) -> ak.Array:
     raise ValueError(f"no rho branch {name!r} (looked for Rho_{name} and {name})")
 
 
-def _matched_gen(events: ak.Array, jets: ak.Array, cfg: JetsConfig, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _matched_gen(events: ak.Array, jets: ak.Array, cfg: JetsConfig, jet_flat: _Flat) -> tuple[np.ndarray, np.ndarray]:
     """pt of the GenJet each jet points to and their dR; (0, inf) for no or invalid index."""
     if cfg.gen_collection not in ak.fields(events):
         raise ValueError(f"simulated events without {cfg.gen_collection}: JER smearing needs generator jets")
     gen = events[cfg.gen_collection]
     gen_counts = ak.to_numpy(ak.num(gen, axis=1)).astype(np.int64)
     gen_offsets = np.concatenate([[0], np.cumsum(gen_counts)])
+    counts = jet_flat.counts
     event_of_jet = np.repeat(np.arange(len(counts)), counts)
     idx = np.asarray(ak.to_numpy(ak.flatten(jets[cfg.gen_index], axis=1))).astype(np.int64)
     valid = (idx >= 0) & (idx < gen_counts[event_of_jet])  # NanoAOD can point past the stored GenJets
@@ -343,8 +345,7 @@ def _matched_gen(events: ak.Array, jets: ak.Array, cfg: JetsConfig, counts: np.n
     gen_pt, gen_eta, gen_phi = flat(gen.pt), flat(gen.eta), flat(gen.phi)
     if len(gen_pt) == 0:
         return np.zeros(len(idx)), np.full(len(idx), np.inf)
-    eta = flat(jets.eta)
-    phi = flat(jets.phi)
+    eta, phi = jet_flat.eta, jet_flat.phi
     dphi = (phi - gen_phi[where] + np.pi) % (2 * np.pi) - np.pi
     dr = np.where(valid, np.hypot(eta - gen_eta[where], dphi), np.inf)
     return np.where(valid, gen_pt[where], 0.0), dr
