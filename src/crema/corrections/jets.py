@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,14 +147,22 @@ class JetCorrector:
     def correct_all(self, events: ak.Array, variations: Iterable[str] | None = None) -> dict[str, ak.Array]:
         """``{variation: jets}`` for ``nominal`` and ``variations`` (default: all), sharing the JEC/JER work."""
         wanted = [NOMINAL, *self.variations] if variations is None else list(variations)
+        return dict(self.iter_correct(events, wanted))
+
+    def iter_correct(self, events: ak.Array, variations: Iterable[str]) -> Iterator[tuple[str, ak.Array]]:
+        """``(variation, jets)`` for each of ``variations`` in turn, sharing the JEC/JER work like
+        :meth:`correct_all`; a variation's arrays are built only when it is reached, so a caller that
+        drops each before the next holds one variation at a time."""
+        wanted = list(variations)
         unknown = [v for v in wanted if v != NOMINAL and v not in self.variations]
         if unknown:
             raise ValueError(f"unknown jet variation {unknown[0]!r} (known: nominal, {', '.join(self.variations)})")
         # JER up/down scale factors are evaluated only when those variations are asked for
         jer = ("nominal", *(d for d in ("up", "down") if f"JER_{d}" in wanted))
         flat = self._flat(events, jer)
-        jets = events[self.config.collection]
-        return {v: self._build(jets, flat, *self._pt_mass(flat, v)) for v in wanted}
+        # the fields every variation shares are made jagged once
+        jets = self._shared_fields(events[self.config.collection], flat)
+        return ((v, self._build(jets, flat, *self._pt_mass(flat, v))) for v in wanted)
 
     def jec_factor(self, events: ak.Array) -> np.ndarray:
         """Flat (collection order) nominal calibration factor ``pt_jec / pt_raw``, before smearing."""
@@ -171,11 +179,16 @@ class JetCorrector:
         if "pt_orig" not in ak.fields(jets):
             raise ValueError("corrected_met needs jets from JetCorrector.correct (no pt_orig field)")
         m = events[met]
+        # per jet on flat numpy (jets in their pt order, the order the sums run in); one awkward sum per axis
+        counts = ak.num(jets, axis=1)
+        flat = lambda a: np.asarray(ak.to_numpy(ak.flatten(a, axis=1)))  # noqa: E731
+        pt, pt_orig, phi = flat(jets.pt), flat(jets.pt_orig), flat(jets.phi)
         # a jet with unphysical kinematics (dropped by the selection) moves nothing: it must not turn MET into NaN
-        usable = physical_kinematics(jets) & physical(jets.pt_orig, "pt")
-        moved = ak.where(usable & (jets.pt > self.config.met_jet_pt_min), jets.pt - jets.pt_orig, 0.0)
-        dx = ak.sum(moved * np.cos(jets.phi), axis=1)
-        dy = ak.sum(moved * np.sin(jets.phi), axis=1)
+        usable = flat(physical_kinematics(jets)) & physical(pt_orig, "pt")
+        with np.errstate(invalid="ignore"):
+            moved = np.where(usable & (pt > self.config.met_jet_pt_min), pt - pt_orig, 0.0)
+        dx = ak.sum(ak.unflatten(moved * np.cos(phi), counts), axis=1)
+        dy = ak.sum(ak.unflatten(moved * np.sin(phi), counts), axis=1)
         px = m.pt * np.cos(m.phi) - dx
         py = m.pt * np.sin(m.phi) - dy
         out = ak.with_field(m, np.hypot(px, py), "pt")
@@ -253,11 +266,12 @@ class JetCorrector:
         cfg = self.config
         values = {"JetEta": flat.eta, "JetPt": flat.pt_jec, "Rho": flat.rho}
         sigma = self._evaluate(cfg.jer_resolution, values)
-        gen_pt, dr = _matched_gen(events, jets, cfg, flat.counts)
+        gen_pt, dr = _matched_gen(events, jets, cfg, flat)
         matched = (dr < 0.5 * cfg.cone_size) & (np.abs(flat.pt_jec - gen_pt) < 3.0 * sigma * flat.pt_jec)
         n_events = len(flat.counts)
         event_of_jet = np.repeat(np.arange(n_events), flat.counts)
-        index = np.asarray(ak.to_numpy(ak.flatten(ak.local_index(jets, axis=1), axis=1)))
+        starts = np.cumsum(flat.counts) - flat.counts
+        index = np.arange(len(event_of_jet), dtype=np.int64) - starts[event_of_jet]  # the jet's place in its event
         z = standard_normal(np.asarray(ak.to_numpy(events.run))[event_of_jet],
                             np.asarray(ak.to_numpy(events.luminosityBlock))[event_of_jet],
                             np.asarray(ak.to_numpy(events.event))[event_of_jet], index, _STREAMS[self.section])
@@ -292,12 +306,18 @@ class JetCorrector:
         return pt * scale, mass * scale
 
     @staticmethod
-    def _build(jets: ak.Array, flat: _Flat, pt: np.ndarray, mass: np.ndarray) -> ak.Array:
-        jagged = lambda a: ak.unflatten(a, flat.counts)  # noqa: E731
+    def _shared_fields(jets: ak.Array, flat: _Flat) -> ak.Array:
         out = jets
-        for name, values in (("pt", pt), ("mass", mass), ("pt_raw", flat.pt_raw), ("mass_raw", flat.mass_raw),
-                             ("pt_jec", flat.pt_jec), ("pt_orig", flat.pt_orig), ("mass_orig", flat.mass_orig)):
-            out = ak.with_field(out, jagged(values), name)  # keeps the collection's behaviour
+        for name, values in (("pt_raw", flat.pt_raw), ("mass_raw", flat.mass_raw), ("pt_jec", flat.pt_jec),
+                             ("pt_orig", flat.pt_orig), ("mass_orig", flat.mass_orig)):
+            out = ak.with_field(out, ak.unflatten(values, flat.counts), name)  # keeps the collection's behaviour
+        return out
+
+    @staticmethod
+    def _build(jets: ak.Array, flat: _Flat, pt: np.ndarray, mass: np.ndarray) -> ak.Array:
+        """``jets`` (with :meth:`_shared_fields`) with this variation's pt and mass, sorted by pt."""
+        out = ak.with_field(jets, ak.unflatten(pt, flat.counts), "pt")
+        out = ak.with_field(out, ak.unflatten(mass, flat.counts), "mass")
         return out[ak.argsort(out.pt, axis=1, ascending=False)]
 
 
@@ -309,13 +329,14 @@ def _rho(events: ak.Array, name: str) -> ak.Array:
     raise ValueError(f"no rho branch {name!r} (looked for Rho_{name} and {name})")
 
 
-def _matched_gen(events: ak.Array, jets: ak.Array, cfg: JetsConfig, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _matched_gen(events: ak.Array, jets: ak.Array, cfg: JetsConfig, jet_flat: _Flat) -> tuple[np.ndarray, np.ndarray]:
     """pt of the GenJet each jet points to and their dR; (0, inf) for no or invalid index."""
     if cfg.gen_collection not in ak.fields(events):
         raise ValueError(f"simulated events without {cfg.gen_collection}: JER smearing needs generator jets")
     gen = events[cfg.gen_collection]
     gen_counts = ak.to_numpy(ak.num(gen, axis=1)).astype(np.int64)
     gen_offsets = np.concatenate([[0], np.cumsum(gen_counts)])
+    counts = jet_flat.counts
     event_of_jet = np.repeat(np.arange(len(counts)), counts)
     idx = np.asarray(ak.to_numpy(ak.flatten(jets[cfg.gen_index], axis=1))).astype(np.int64)
     valid = (idx >= 0) & (idx < gen_counts[event_of_jet])  # NanoAOD can point past the stored GenJets
@@ -324,8 +345,7 @@ def _matched_gen(events: ak.Array, jets: ak.Array, cfg: JetsConfig, counts: np.n
     gen_pt, gen_eta, gen_phi = flat(gen.pt), flat(gen.eta), flat(gen.phi)
     if len(gen_pt) == 0:
         return np.zeros(len(idx)), np.full(len(idx), np.inf)
-    eta = flat(jets.eta)
-    phi = flat(jets.phi)
+    eta, phi = jet_flat.eta, jet_flat.phi
     dphi = (phi - gen_phi[where] + np.pi) % (2 * np.pi) - np.pi
     dr = np.where(valid, np.hypot(eta - gen_eta[where], dphi), np.inf)
     return np.where(valid, gen_pt[where], 0.0), dr

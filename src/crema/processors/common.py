@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -166,13 +167,22 @@ def start_chunk(events: ak.Array, samples: dict[str, SampleInfo], out: dict) -> 
 def correct_events(corrector: JetCorrector | None, events: ak.Array, variations: list[str], met: str) -> dict[str, ak.Array]:
     """Events with corrected jets and ``met`` per jet variation (``nominal`` first); ``{"nominal": events}``
     without a corrector."""
+    return dict(iter_corrected_events(corrector, events, variations, met))
+
+
+def iter_corrected_events(corrector: JetCorrector | None, events: ak.Array, variations: list[str],
+                          met: str) -> Iterator[tuple[str, ak.Array]]:
+    """``(variation, events)`` with corrected jets and ``met``, ``nominal`` first, one variation at a
+    time (a loop that moves on drops the previous variation's arrays); only ``nominal`` without a corrector."""
     if corrector is None:
-        return {"nominal": events}
-    variants = {}
-    for variation, jets in corrector.correct_all(events, ["nominal", *variations]).items():
-        corrected = ak.with_field(events, jets, "Jet")
-        variants[variation] = ak.with_field(corrected, corrector.corrected_met(events, jets, met), met)
-    return variants
+        return iter([("nominal", events)])
+    return ((variation, _with_jets(corrector, events, jets, met))
+            for variation, jets in corrector.iter_correct(events, ["nominal", *variations]))
+
+
+def _with_jets(corrector: JetCorrector, events: ak.Array, jets: ak.Array, met: str) -> ak.Array:
+    corrected = ak.with_field(events, jets, "Jet")
+    return ak.with_field(corrected, corrector.corrected_met(events, jets, met), met)
 
 
 def load_histogram_specs(name_or_path: str | Path) -> dict[str, HistogramSpec]:

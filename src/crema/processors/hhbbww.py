@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -24,12 +26,12 @@ from crema.processors.common import (
     SpanetOptions,
     add_input_steps,
     book,
-    correct_events,
     count_nonfinite,
     count_undefined,
     fill_cutflow,
     fill_histograms,
     finite_weights,
+    iter_corrected_events,
     jet_correction_branches,
     load_histogram_specs,
     normalise_output,
@@ -315,23 +317,30 @@ class HHbbWWProcessor(processor.ProcessorABC):
         out["nonfinite"] = count_nonfinite(events, self.required_branches(sample))
 
         events = with_jet_id(events)  # NanoAODv15 has no jetId: computed from the jet's constituents
-        variants = self.correct(events, sample)
-        steps = self.event_selection.steps(variants[NOMINAL], sample)
+        # leptons (untouched by jet corrections) and the jets' lepton cleaning (eta/phi only) once per chunk
+        leptons = sel.select_leptons(events, self.selection)
+        events = sel.with_lepton_cleaning(events, leptons, self.selection)
+        variants = self.iter_correct(events, sample)
+        _, nominal_events = next(variants)
+        steps = self.event_selection.steps(nominal_events, sample)
         if not sample.is_mc:
             out["processed_lumis"][dataset] = steps.processed_lumis(events)
-        nominal = self.select(variants[NOMINAL])
-        weights = self.weights(variants[NOMINAL], sample, nominal)
+        nominal = sel.select_objects(nominal_events, self.selection, self.btag_threshold, self.options.met, leptons)
+        weights = self.weights(nominal_events, sample, nominal)
         out["sumw"][dataset] = sum_of_weights(events, sample)
         weight_ok = finite_weights(weights.weight(), (weights.weight(v) for v in self.weight_variations
                                                       if v in weights.variations))  # a theory branch may be absent
 
         passed_any = np.zeros(n, dtype=bool)  # events passing some channel (nominal)
-        for systematic, corrected in variants.items():
+        lepton_steps: dict = {}  # each channel's lepton cuts, shared by the jet variations
+        # one variation's arrays alive at a time: each is built when the loop reaches it
+        for systematic, corrected in itertools.chain([(NOMINAL, nominal_events)], variants):
             # a shape variation redoes selection, models and filling; weight variations only re-weight
             objects = nominal if systematic == NOMINAL else self.select(corrected, nominal)
             regions = sel.region_masks(objects, self.selection.regions)
             for channel in self.channels:
-                selection, cuts = sel.channel_selection(objects, channel, self.selection.channels[channel])
+                selection, cuts = sel.channel_selection(objects, channel, self.selection.channels[channel],
+                                                        lepton_steps)
                 cuts = steps.prepend(selection, add_input_steps(selection, cuts, objects.met, weight_ok),
                                      objects.leptons, channel)
                 if systematic == NOMINAL:
@@ -380,8 +389,12 @@ class HHbbWWProcessor(processor.ProcessorABC):
 
         Without jet corrections this is ``{"nominal": events}``; data get no shape variations.
         """
-        return correct_events(self.jet_corrector, events, self.shape_variations if sample.is_mc else [],
-                              self.options.met)
+        return dict(self.iter_correct(events, sample))
+
+    def iter_correct(self, events: ak.Array, sample: SampleInfo) -> Iterator[tuple[str, ak.Array]]:
+        """What :meth:`correct` holds, one ``(variation, events)`` at a time (``nominal`` first)."""
+        return iter_corrected_events(self.jet_corrector, events, self.shape_variations if sample.is_mc else [],
+                                     self.options.met)
 
     def infer(self, channel: str, events: ak.Array, objects: sel.Objects) -> dict[str, ak.Array]:
         """Model outputs for the selected events of ``channel`` (crema.models), by model name."""

@@ -217,9 +217,19 @@ class EventSteps:
     sample: SampleInfo
     masks: dict[str, np.ndarray]
     fired: dict[str, np.ndarray]
+    # channel -> (leptons, decision): jet variations share the leptons, so the decision is made once
+    _decided: dict[str, tuple[ak.Array, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def trigger(self, leptons: ak.Array, channel: str) -> np.ndarray:
         """Trigger decision of ``channel`` (``sl``/``dl``) for the flavour(s) of the selected leptons."""
+        known = self._decided.get(channel)
+        if known is not None and known[0] is leptons:
+            return known[1]
+        decision = self._trigger(leptons, channel)
+        self._decided[channel] = (leptons, decision)
+        return decision
+
+    def _trigger(self, leptons: ak.Array, channel: str) -> np.ndarray:
         n = len(leptons)
         if self.owner.triggers is None:
             return np.ones(n, dtype=bool)

@@ -9,7 +9,15 @@ import numpy as np
 from coffea.analysis_tools import PackedSelection
 
 from crema.selections.config import ChannelCuts, Region, SelectionConfig
-from crema.selections.objects import SELECTION_BRANCHES, btagged, fatjet_mask, jet_masks, leptons
+from crema.selections.objects import (
+    LEPTON_CLEANED,
+    SELECTION_BRANCHES,
+    btagged,
+    fatjet_mask,
+    jet_masks,
+    lepton_cleaned,
+    leptons,
+)
 
 CHANNELS = ("sl", "dl")
 
@@ -45,6 +53,23 @@ def required_branches(cfg: SelectionConfig, met: str) -> dict[str, str]:
     return needs
 
 
+def select_leptons(events: ak.Array, cfg: SelectionConfig) -> ak.Array:
+    """The selected electrons and muons of ``cfg`` as one pt-sorted collection (see :func:`leptons`)."""
+    return leptons(events.Electron, events.Muon, cfg.electron, cfg.muon)
+
+
+def with_lepton_cleaning(events: ak.Array, selected_leptons: ak.Array, cfg: SelectionConfig) -> ak.Array:
+    """``events`` whose AK4 jets carry the lepton-cleaning decision of ``cfg.jet`` as the field
+    :data:`~crema.selections.objects.LEPTON_CLEANED`.
+
+    It depends on jet eta and phi only, which no jet energy correction changes, so it is computed
+    once per chunk and travels with each jet through every variation's re-sorting by pt;
+    :func:`select_objects` then reads it instead of recomputing it.
+    """
+    cleaned = lepton_cleaned(events.Jet, selected_leptons, cfg.jet.lepton_dr_min)
+    return ak.with_field(events, ak.with_field(events.Jet, cleaned, LEPTON_CLEANED), "Jet")
+
+
 def select_objects(events: ak.Array, cfg: SelectionConfig, btag_threshold: float, met: str = "PuppiMET",
                    selected_leptons: ak.Array | None = None, selected_fatjets: ak.Array | None = None) -> Objects:
     """Apply the object selections of ``cfg`` to a chunk of NanoEvents.
@@ -52,7 +77,7 @@ def select_objects(events: ak.Array, cfg: SelectionConfig, btag_threshold: float
     ``selected_leptons``/``selected_fatjets`` reuse an earlier selection of objects that did not
     change (AK4 jet variations leave leptons and AK8 jets alone).
     """
-    leps = leptons(events.Electron, events.Muon, cfg.electron, cfg.muon) if selected_leptons is None else selected_leptons
+    leps = select_leptons(events, cfg) if selected_leptons is None else selected_leptons
     central, forward = jet_masks(events.Jet, leps, cfg.jet)
     jets = events.Jet[central]
     return Objects(
@@ -66,37 +91,55 @@ def select_objects(events: ak.Array, cfg: SelectionConfig, btag_threshold: float
     )
 
 
-def channel_selection(objects: Objects, channel: str, cuts: ChannelCuts) -> tuple[PackedSelection, list[str]]:
-    """The cuts of one channel as a coffea ``PackedSelection`` and their names in cutflow order."""
+def channel_selection(objects: Objects, channel: str, cuts: ChannelCuts,
+                      lepton_steps: dict | None = None) -> tuple[PackedSelection, list[str]]:
+    """The cuts of one channel as a coffea ``PackedSelection`` and their names in cutflow order.
+
+    ``lepton_steps``: a dict kept across the calls of one chunk; the lepton cuts (all but ``jets``)
+    of a channel are computed once and taken from it while ``objects.leptons`` is the same array
+    (jet variations share the leptons).
+    """
     if channel not in CHANNELS:
         raise ValueError(f"unknown channel {channel!r} (known: {', '.join(CHANNELS)})")
     leps = objects.leptons
-    n_lep = cuts.n_leptons
-    lead = ak.pad_none(leps, 2, axis=1)
-    n_central = ak.num(objects.jets, axis=1)
-    n_fat = ak.num(objects.fatjets, axis=1)
-
+    known = None if lepton_steps is None else lepton_steps.get(channel)
+    if known is None or known[0] is not leps:
+        known = (leps, _lepton_steps(leps, cuts))
+        if lepton_steps is not None:
+            lepton_steps[channel] = known
     selection = PackedSelection()
     names = []
-
-    def add(name, mask):
-        selection.add(name, np.asarray(ak.to_numpy(ak.fill_none(mask, False)), dtype=bool))
+    for name, mask in [*known[1], ("jets", _jets_step(objects, cuts))]:
+        selection.add(name, mask)
         names.append(name)
+    return selection, names
 
-    add(f"{n_lep} lepton{'s' if n_lep > 1 else ''}", ak.num(leps, axis=1) == n_lep)
+
+def _as_mask(mask) -> np.ndarray:
+    return np.asarray(ak.to_numpy(ak.fill_none(mask, False)), dtype=bool)
+
+
+def _lepton_steps(leps: ak.Array, cuts: ChannelCuts) -> list[tuple[str, np.ndarray]]:
+    n_lep = cuts.n_leptons
+    lead = ak.pad_none(leps, 2, axis=1)
+    steps = [(f"{n_lep} lepton{'s' if n_lep > 1 else ''}", ak.num(leps, axis=1) == n_lep)]
     pt_ok = lead[:, 0].pt > cuts.leading_lepton_pt_min
     if n_lep > 1:
         pt_ok = pt_ok & (lead[:, 1].pt > cuts.subleading_lepton_pt_min)
-    add("lepton pt", pt_ok)
+    steps.append(("lepton pt", pt_ok))
     if cuts.opposite_charge and n_lep > 1:
-        add("opposite charge", lead[:, 0].charge * lead[:, 1].charge < 0)
+        steps.append(("opposite charge", lead[:, 0].charge * lead[:, 1].charge < 0))
     if cuts.tight_leptons:
-        add("tight leptons", ak.all(leps[:, :n_lep].tight, axis=1))
+        steps.append(("tight leptons", ak.all(leps[:, :n_lep].tight, axis=1)))
+    return [(name, _as_mask(mask)) for name, mask in steps]
+
+
+def _jets_step(objects: Objects, cuts: ChannelCuts) -> np.ndarray:
+    n_central = ak.num(objects.jets, axis=1)
     resolved = n_central >= cuts.min_central_jets
     if cuts.min_jets_with_forward:
         resolved = resolved & (n_central + ak.num(objects.forward_jets, axis=1) >= cuts.min_jets_with_forward)
-    add("jets", resolved | (n_fat >= cuts.min_fatjets))
-    return selection, names
+    return _as_mask(resolved | (ak.num(objects.fatjets, axis=1) >= cuts.min_fatjets))
 
 
 def region_masks(objects: Objects, regions: dict[str, Region]) -> dict[str, np.ndarray]:
@@ -114,4 +157,5 @@ def region_masks(objects: Objects, regions: dict[str, Region]) -> dict[str, np.n
     return masks
 
 
-__all__ = ["CHANNELS", "Objects", "channel_selection", "region_masks", "required_branches", "select_objects"]
+__all__ = ["CHANNELS", "Objects", "channel_selection", "region_masks", "required_branches", "select_leptons",
+           "select_objects", "with_lepton_cleaning"]

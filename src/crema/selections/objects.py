@@ -85,7 +85,12 @@ def leptons(electrons: ak.Array, muons: ak.Array, ecuts: ElectronCuts, mcuts: Mu
     return merged[ak.argsort(merged.pt, axis=1, ascending=False)]
 
 
-def _cleaned(objects: ak.Array, leptons: ak.Array, dr_min: float) -> ak.Array:
+LEPTON_CLEANED = "lepton_cleaned"
+"""Jet field holding a precomputed lepton-cleaning decision (:func:`jet_masks` reads it when present)."""
+
+
+def lepton_cleaned(objects: ak.Array, leptons: ak.Array, dr_min: float) -> ak.Array:
+    """Per object: every selected lepton of its event is at least ``dr_min`` away in (eta, phi)."""
     # an object with no lepton nearby passes: ak.all over an empty lepton list is True
     return ak.all(objects.metric_table(leptons) >= dr_min, axis=2)
 
@@ -98,7 +103,8 @@ def jet_masks(jets: ak.Array, leptons: ak.Array, cuts: JetCuts) -> tuple[ak.Arra
     """
     abs_eta = abs(jets.eta)
     base = physical_kinematics(jets) & (jets.pt > cuts.pt_min) & ((jets.jetId & cuts.jet_id_mask) == cuts.jet_id_mask)
-    base = base & _cleaned(jets, leptons, cuts.lepton_dr_min)
+    cleaned = jets[LEPTON_CLEANED] if LEPTON_CLEANED in ak.fields(jets) else lepton_cleaned(jets, leptons, cuts.lepton_dr_min)
+    base = base & cleaned
     central = base & (abs_eta < cuts.abs_eta_max)
     if cuts.forward_abs_eta_max is None:
         forward = ak.zeros_like(central)
@@ -115,7 +121,7 @@ def fatjet_mask(fatjets: ak.Array, leptons: ak.Array, cuts: JetCuts) -> ak.Array
         & (fatjets.pt > cuts.pt_min)
         & (abs(fatjets.eta) < cuts.abs_eta_max)
         & ((fatjets.jetId & cuts.jet_id_mask) == cuts.jet_id_mask)
-        & _cleaned(fatjets, leptons, cuts.lepton_dr_min)
+        & lepton_cleaned(fatjets, leptons, cuts.lepton_dr_min)
     )
 
 
