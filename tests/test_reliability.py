@@ -319,7 +319,9 @@ def test_interrupt_then_resume_is_bit_identical(samples, reference, tmp_path, ex
     m = re.fullmatch(r"interrupted: (\d+) of (\d+) chunks done; rerun with --resume", stderr.strip().splitlines()[-1])
     assert m, stderr
     done, total = int(m[1]), int(m[2])
-    assert 1 <= done < total == 3
+    # two dask workers may finish the other chunks between the first checkpoint and the signal: then the
+    # resumed run takes every chunk from the checkpoint
+    assert 1 <= done <= total == 3 and (done < total or executor == "dask")
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "interrupted" and report["processed_chunks"] == done
     for path in out.glob("checkpoint/*/chunks/*.npz"):  # a killed run leaves no half-written checkpoint
