@@ -9,7 +9,7 @@ import uproot
 
 from crema.generate import write_nanoaod
 from crema.generate.enrich import Enrichment, GeneratorBias, GeneratorFilter, hard_quantities
-from crema.generate.processes import PROCESS_SPECS, generate_hard
+from crema.generate.processes import MAX_ISR, PROCESS_SPECS, generate_hard, isr_count_pmf
 from crema.schema import ConfigError, from_dict
 from crema.workflows.config import GenerateSpec
 
@@ -137,3 +137,56 @@ def test_unpassable_filter_and_data_are_errors(tmp_path):
         write_nanoaod(tmp_path / "x.root", "dy", 1, seed=1, enrich=Enrichment(GeneratorFilter(ht=1e6)))
     with pytest.raises(ValueError, match="simulation only"):
         write_nanoaod(tmp_path / "y.root", "dy", 1, seed=1, data=True, enrich=ENRICH)
+
+
+@pytest.fixture(scope="module")
+def isr_samples():
+    """Hard W+jets events: 100k with the process's ISR multiplicity, 100k drawn with a harder one."""
+    spec = PROCESS_SPECS["wjets"]
+    plain = generate_hard(spec, np.random.default_rng(21), 100_000, 800.0)
+    biased = generate_hard(spec, np.random.default_rng(22), 100_000, 800.0, isr_mean=2.5)
+    return hard_quantities(plain), hard_quantities(biased), biased.isr_weight
+
+
+def test_isr_count_pmf_is_the_capped_poisson_law():
+    pmf = isr_count_pmf(1, 2.0)
+    assert pmf.size == MAX_ISR + 1 and pmf[0] == 0 and pmf.sum() == pytest.approx(1.0)
+    assert pmf[1] == pytest.approx(np.exp(-2.0)) and pmf[3] == pytest.approx(np.exp(-2.0) * 2.0)
+    assert pmf[MAX_ISR] == pytest.approx(1.0 - pmf[:MAX_ISR].sum())  # the cap holds the tail
+
+
+def test_isr_multiplicity_bias_is_an_exact_reweighting(isr_samples):
+    plain, biased, w = isr_samples
+    assert np.all(w > 0) and w.mean() == pytest.approx(1.0, abs=0.02)
+    one = np.ones(plain["ht"].size)
+    for name, edges in (("partons", np.arange(-0.5, 6.5)), ("ht", np.array([0, 20, 40, 60, 80, 100, 130, 160, 200,
+                                                                             250, 300, 400, 600]))):
+        a, va = _hist(plain[name], one, edges)
+        b, vb = _hist(biased[name], w, edges)
+        chi2, ndf = _chi2(a, va, b, vb)
+        assert chi2 < ndf + 5 * np.sqrt(2 * ndf), (name, chi2, ndf)
+        # without the weight the harder multiplicity shows
+        b1, vb1 = _hist(biased[name], one, edges)
+        assert _chi2(a, va, b1, vb1)[0] > 10 * ndf, name
+    # more effective events with >= 3 partons in the jet acceptance than the unbiased sample has
+    many = biased["partons"] >= 3
+    assert w[many].sum() ** 2 / (w[many] ** 2).sum() > 1.5 * np.count_nonzero(plain["partons"] >= 3)
+
+
+def test_isr_bias_and_positive_weights_in_written_files(tmp_path):
+    enrich = Enrichment(isr_mean=2.0, negative_weights=False)
+    path = write_nanoaod(tmp_path / "w.root", "wjets", 600, seed=8, enrich=enrich)
+    runs, w, _ = _read(path)
+    nominal = PROCESS_SPECS["wjets"].weight
+    assert w.size == 600 == int(runs["genEventCount"][0])  # no event is rejected
+    assert np.all(w > 0)  # no negative weights
+    ratio = w / nominal
+    assert len(np.unique(np.round(ratio, 9))) > 1  # the ISR factor per count
+    assert runs["genEventSumw"][0] == pytest.approx(w.sum(), rel=1e-6)
+    assert runs["genEventSumw2"][0] == pytest.approx((w**2).sum(), rel=1e-6)
+    where = "datasets.WtoLNu.generate"
+    spec = from_dict(GenerateSpec, {"process": "wjets", "events": 10, "isr_mean": 2.0, "negative_weights": False}, where)
+    assert spec.enrichment == enrich
+    for bad in (0, -1, 11):
+        with pytest.raises(ConfigError, match=rf"{where}.*isr_mean"):
+            from_dict(GenerateSpec, {"process": "wjets", "events": 10, "isr_mean": bad}, where)

@@ -8,6 +8,9 @@ spends its time) is tested against
 * a **filter**: minimum generator-level values (leading prompt lepton pT, parton HT, number of
   partons, hard-system pT). Events below are not written; the weights of written events are
   unchanged.
+* an **ISR multiplicity bias**: the number of ISR partons is drawn from a harder Poisson law and
+  each event carries the ratio of the process's to the sampled probability of its count (exact
+  reweighting, no rejection).
 * a **bias**: each event is kept with probability ``a(x) = clip((x / reference)^power, min_keep, 1)``
   of a generator-level variable ``x`` (times ``light_keep`` for events without a b or c parton in
   the jet acceptance) and written with its weight multiplied by ``1 / a``. The written sample
@@ -15,7 +18,8 @@ spends its time) is tested against
   (up to the sample's normalisation), so weighted distributions are those of the unbiased process.
 
 Normalisation convention: the ``Runs`` tree's ``genEventCount``, ``genEventSumw`` and
-``genEventSumw2`` count every *attempted* event with its nominal weight (before filter and bias),
+``genEventSumw2`` count every *attempted* event with its nominal weight (before filter and bias;
+with the ISR multiplicity bias the nominal weight includes its factor),
 so ``xsec_pb`` stays the process's inclusive cross section and crema's normalisation
 ``xsec x luminosity / genEventSumw`` needs nothing else. The filter efficiency (sum of written
 weights over ``genEventSumw``) is written beside it as ``GenFilter_filterEfficiency``, with
@@ -37,6 +41,8 @@ PARTON_PT_MIN = 20.0
 PARTON_ABS_ETA_MAX = 2.5
 # leptons count within the tracker acceptance
 LEPTON_ABS_ETA_MAX = 2.5
+# a sampled ISR mean above this puts nearly every event at the cap (crema.generate.processes.MAX_ISR)
+MAX_ISR_MEAN = 10.0
 # stop when fewer than this share of attempted events passes (a filter that nothing passes)
 MIN_EFFICIENCY = 1e-4
 
@@ -82,13 +88,26 @@ class GeneratorBias:
 
 @dataclass(frozen=True)
 class Enrichment:
-    """A filter and/or a bias applied to the hard events of a generated sample."""
+    """A filter and/or a bias applied to the hard events of a generated sample, and how it is sampled.
+
+    ``isr_mean``: the number of ISR partons is drawn as ``isr_min`` + Poisson(``isr_mean``) instead of
+    the process's mean, and each event's weight multiplied by p(n) / q(n) of its count ``n`` (the
+    process's over the sampled probability; no event is rejected). ``negative_weights=False``: every
+    event has a positive weight (an LO-like sample instead of the NLO-like share of negative weights).
+    """
 
     filter: GeneratorFilter | None = None
     bias: GeneratorBias | None = None
+    isr_mean: float | None = None
+    negative_weights: bool = True
 
     def __bool__(self) -> bool:
-        return self.filter is not None or self.bias is not None
+        return (self.filter is not None or self.bias is not None or self.isr_mean is not None
+                or not self.negative_weights)
+
+    def validate(self) -> None:
+        if self.isr_mean is not None and not 0 < self.isr_mean <= MAX_ISR_MEAN:
+            raise ConfigError(f"isr_mean: a mean number of ISR partons in (0, {MAX_ISR_MEAN:g}]")
 
     def keep(self, quantities: dict[str, np.ndarray], u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mask of kept events and their weight factors (1 / keep probability), from uniforms ``u``."""

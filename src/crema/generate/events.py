@@ -96,21 +96,24 @@ def generate_block(process: str, n: int, *, seed: int, block: int, mass: float, 
     rng = block_rng(seed, process, block)
     first = block * BLOCK_SIZE
 
-    hard = generate_hard(spec, rng, n, mass)
+    hard = generate_hard(spec, rng, n, mass, isr_mean=enrich.isr_mean if enrich else None)
     index = np.arange(first, first + n, dtype=np.uint64)
     weight = generated = None
     if enrich:
-        sign = np.where(rng.uniform(size=n) < spec.negative_fraction, -1.0, 1.0)
+        negative = spec.negative_fraction if enrich.negative_weights else 0.0
+        base = np.where(rng.uniform(size=n) < negative, -1.0, 1.0)
+        if hard.isr_weight is not None:
+            base = base * hard.isr_weight
         kept, factor = enrich.keep(hard_quantities(hard), rng.uniform(size=n))
         idx = np.flatnonzero(kept)
         attempted = n
         if max_keep is not None and idx.size > max_keep:
             idx = idx[:max_keep]
             attempted = int(idx[-1]) + 1 if max_keep > 0 else 0
-        nominal = spec.weight * sign[:attempted]
+        nominal = spec.weight * base[:attempted]
         generated = np.array([attempted, nominal.sum(), np.square(nominal).sum()])
         hard = hard.take(idx)
-        weight = spec.weight * sign[idx] * factor[idx]
+        weight = spec.weight * base[idx] * factor[idx]
         index = index[idx]
         n = idx.size
     pu = pileup(rng, n)

@@ -9,6 +9,7 @@ semileptonically (the non-prompt leptons and neutrinos found inside b/c jets).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -80,6 +81,8 @@ class HardEvent:
     hadrons: dict[int, HeavyFlavour] = field(default_factory=dict)  # parton slot -> hadronisation
     parton: dict[str, np.ndarray] | None = None  # EFT processes: initial state and angle (crema.generate.eft)
     system: P4 | None = None  # the hard system's four-momentum (lab frame)
+    # with a biased ISR multiplicity: the true over the sampled probability of each event's ISR count
+    isr_weight: np.ndarray | None = None
 
     def take(self, idx: np.ndarray) -> HardEvent:
         """The events ``idx`` (indices or a mask) of this block, same slots."""
@@ -96,7 +99,8 @@ class HardEvent:
         hadrons = {p: HeavyFlavour(h.flavour[idx], h.hadron, h.lepton, h.neutrino) for p, h in self.hadrons.items()}
         parton = None if self.parton is None else {k: np.asarray(v)[idx] for k, v in self.parton.items()}
         return HardEvent(rec, self.finals, self.isr, self.resonances, hadrons, parton,
-                         None if self.system is None else p4(self.system))
+                         None if self.system is None else p4(self.system),
+                         None if self.isr_weight is None else self.isr_weight[idx])
 
 
 @dataclass
@@ -444,8 +448,23 @@ def _isr_flavours(rng, n, quark_fraction: float):
     return pdg
 
 
-def generate_hard(spec: ProcessSpec, rng: np.random.Generator, n: int, mass: float) -> HardEvent:
-    """Generate the truth record of ``n`` events of a process (lab frame)."""
+def isr_count_pmf(isr_min: int, mean: float) -> np.ndarray:
+    """Probabilities of 0..MAX_ISR ISR partons: ``isr_min`` + Poisson(``mean``), capped at MAX_ISR."""
+    pmf = np.zeros(MAX_ISR + 1)
+    for k in range(MAX_ISR - isr_min):
+        pmf[isr_min + k] = math.exp(-mean) * mean**k / math.factorial(k)
+    pmf[MAX_ISR] = max(1.0 - pmf.sum(), 0.0)  # the cap collects the Poisson tail
+    return pmf
+
+
+def generate_hard(spec: ProcessSpec, rng: np.random.Generator, n: int, mass: float,
+                  isr_mean: float | None = None) -> HardEvent:
+    """Generate the truth record of ``n`` events of a process (lab frame).
+
+    ``isr_mean``: draw the number of ISR partons as ``isr_min`` + Poisson(``isr_mean``) instead of the
+    process's mean (an exact reweighting: ``HardEvent.isr_weight`` holds p(n) / q(n) of each event's
+    count, the process's probability over the sampled one).
+    """
     rec = GenRecord(n)
     in1 = rec.add(PDG_GLUON, STATUS_INCOMING, FLAGS_INCOMING, -1, mass=0.0)
     in2 = rec.add(PDG_GLUON, STATUS_INCOMING, FLAGS_INCOMING, -1, mass=0.0)
@@ -454,7 +473,12 @@ def generate_hard(spec: ProcessSpec, rng: np.random.Generator, n: int, mass: flo
     system_slots = list(range(first, len(rec.slots)))
 
     # ISR partons: Pareto pT spectrum (dN/dpT ~ pT^-3), broad rapidity
-    n_isr = np.minimum(spec.isr_min + rng.poisson(spec.isr_mean, n), MAX_ISR)
+    mean = spec.isr_mean if isr_mean is None else isr_mean
+    n_isr = np.minimum(spec.isr_min + rng.poisson(mean, n), MAX_ISR)
+    isr_weight = None
+    if isr_mean is not None:
+        sampled = isr_count_pmf(spec.isr_min, mean)
+        isr_weight = (isr_count_pmf(spec.isr_min, spec.isr_mean) / np.where(sampled > 0, sampled, 1.0))[n_isr]
     quark_fraction = 0.25 if spec.incoming == "gg" else 0.4
     isr = []
     sum_px = np.zeros(n)
@@ -507,7 +531,8 @@ def generate_hard(spec: ProcessSpec, rng: np.random.Generator, n: int, mass: flo
         rec[in2].pdg[:] = parton[0]["pdg2"]
 
     finals = sorted({s for r in resonances for s in r.finals})
-    event = HardEvent(rec, finals, isr, resonances, parton=parton[0] if parton else None, system=system)
+    event = HardEvent(rec, finals, isr, resonances, parton=parton[0] if parton else None, system=system,
+                      isr_weight=isr_weight)
     _hadronise_heavy_flavour(rng, event)
     return event
 

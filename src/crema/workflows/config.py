@@ -30,11 +30,18 @@ class GenerateSpec:
     # written, and the file's Runs tree counts all attempted events so ``xsec_pb`` stays inclusive
     filter: GeneratorFilter | None = None
     bias: GeneratorBias | None = None
+    # draw the ISR parton multiplicity from isr_min + Poisson(isr_mean) and reweight each event exactly
+    isr_mean: float | None = None
+    # false: an LO-like sample, all weights positive (default: the process's NLO-like negative share)
+    negative_weights: bool = True
+
+    def validate(self) -> None:
+        self.enrichment.validate()
 
     @property
     def enrichment(self) -> Enrichment:
-        """The filter and bias as the generator takes them."""
-        return Enrichment(self.filter, self.bias)
+        """The filter, biases and weight model as the generator takes them."""
+        return Enrichment(self.filter, self.bias, self.isr_mean, self.negative_weights)
 
 
 @dataclass(frozen=True)
