@@ -12,6 +12,7 @@ Expected quantities are a-priori (nuisance parameters at their nominal values):
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,13 @@ from crema.stats.workspace import POI
 def use_minuit() -> None:
     """pyhf's numpy backend with the Minuit optimizer (scipy's has convergence trouble with recent scipy)."""
     pyhf.set_backend("numpy", pyhf.optimize.minuit_optimizer(verbose=0))
+
+
+def _quiet(result):
+    """``result`` of a cabinetry call, with crema's quiet optimizer set again: cabinetry sets a verbose
+    Minuit on the backend, and Minuit's warnings from the CLs scan's far points would reach the terminal."""
+    use_minuit()
+    return result
 
 
 @dataclass
@@ -49,14 +57,14 @@ class Model:
 
 def fit(m: Model, observed: bool) -> cabinetry.fit.FitResults:
     """Maximum-likelihood fit to the data (``observed``) or to the ``mu = 1`` Asimov dataset."""
-    return cabinetry.fit.fit(m.model, m.data if observed else m.asimov_sb)
+    return _quiet(cabinetry.fit.fit(m.model, m.data if observed else m.asimov_sb))
 
 
 def significance(m: Model, observed: bool) -> dict[str, float]:
     """Expected (and with data, observed) discovery significance from the q0 test statistic."""
-    out = {"expected_significance": float(cabinetry.fit.significance(m.model, m.asimov_sb).observed_significance)}
+    out = {"expected_significance": float(_quiet(cabinetry.fit.significance(m.model, m.asimov_sb)).observed_significance)}
     if observed:
-        out["observed_significance"] = float(cabinetry.fit.significance(m.model, m.data).observed_significance)
+        out["observed_significance"] = float(_quiet(cabinetry.fit.significance(m.model, m.data)).observed_significance)
     return out
 
 
@@ -83,17 +91,24 @@ def limits(m: Model, observed: bool, confidence_level: float = 0.95, points: int
     alpha = 1.0 - confidence_level
     datasets = {"expected": m.asimov_b, **({"observed": m.data} if observed else {})}
     tested: dict[str, dict[float, np.ndarray]] = {k: {} for k in datasets}
+    failed: set[tuple[str, float]] = set()
+    # pyhf logs every failed minimisation with its traceback; such a point is left out here and counted
+    pyhf_log = logging.getLogger("pyhf.optimize.mixins")
     for _ in range(4):
         bounds[poi] = (0.0, max(bounds[poi][1], 2 * hi))
         for mu in np.linspace(lo, hi, points):
             for k, d in datasets.items():
-                if float(mu) in tested[k]:
+                if float(mu) in tested[k] or (k, float(mu)) in failed:
                     continue
+                pyhf_log.disabled = True
                 try:
                     obs, exp = pyhf.infer.hypotest(mu, d, m.model, par_bounds=bounds, test_stat="qtilde",
                                                    return_expected_set=True)
                 except (pyhf.exceptions.FailedMinimization, AssertionError):
+                    failed.add((k, float(mu)))
                     continue
+                finally:
+                    pyhf_log.disabled = False
                 tested[k][float(mu)] = np.asarray(exp, dtype=float) if k == "expected" else np.atleast_1d(float(obs))
         crossings = {k: _crossings(by_mu, alpha) for k, by_mu in tested.items()}
         expected = crossings["expected"]
@@ -104,7 +119,9 @@ def limits(m: Model, observed: bool, confidence_level: float = 0.95, points: int
         lo, hi = (lo / 2, hi) if below else (lo, hi * 2)
     else:
         raise ValueError(f"no {confidence_level:.0%} CL limit on mu below {hi:g}")
-    out: dict[str, Any] = {"expected_limit": dict(zip(BAND, map(float, expected)))}
+    out: dict[str, Any] = {"expected_limit": dict(zip(BAND, map(float, expected))),
+                           "limit_scan": {"converged_points": sum(map(len, tested.values())),
+                                          "failed_points": len(failed)}}
     if observed:
         out["observed_limit"] = float(crossings["observed"][0])
     return out
@@ -154,7 +171,7 @@ def parameters(m: Model, result: cabinetry.fit.FitResults) -> dict[str, dict[str
 
 def ranking(m: Model, result: cabinetry.fit.FitResults, observed: bool) -> cabinetry.fit.RankingResults:
     """cabinetry's impact ranking: the shift of ``mu_hat`` with each parameter at +-1 sigma pre- and post-fit."""
-    return cabinetry.fit.ranking(m.model, m.data if observed else m.asimov_sb, fit_results=result)
+    return _quiet(cabinetry.fit.ranking(m.model, m.data if observed else m.asimov_sb, fit_results=result))
 
 
 def ranking_table(r: cabinetry.fit.RankingResults, top: int) -> list[dict[str, Any]]:
