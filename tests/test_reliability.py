@@ -199,22 +199,24 @@ def corrupt(dst: Path, compression, basket: int) -> tuple[str, int, int]:
 
 def good_chunk_output(config_path: Path, skip: tuple[str, int]) -> dict:
     """The processor's output over every chunk but ``skip`` (file, entry start), merged in config order."""
-    from crema.workflows.normalisation import runs_tree_sums
+    from crema.workflows.normalisation import processed_sums, runs_tree_sums
 
     config = load_config(config_path)
     proc = build_processor(config)
-    proc.generator_sumw = runs_tree_sums(config)  # as run() does: the Runs tree normalises simulation
-    parts = []
+    parts, entries, processed = [], {}, {}
     for d in config.datasets:
         path = d.files[0]
-        n = uproot.open(path)["Events"].num_entries
+        n = entries[path] = processed[path] = uproot.open(path)["Events"].num_entries
         for start in range(0, n, BASKET):
             if (path, start) == skip:
+                processed[path] -= min(start + BASKET, n) - start
                 continue
             events = NanoEventsFactory.from_root({path: "Events"}, schemaclass=NanoAODSchema, entry_start=start,
                                                  entry_stop=min(start + BASKET, n), mode="virtual",
                                                  metadata={"dataset": d.name, "filename": path}).events()
             parts.append(proc.process(events))
+    # as run() does: the Runs tree normalises simulation, each file with the share of its entries processed
+    proc.generator_sumw = processed_sums(runs_tree_sums(config), entries, processed)
     return proc.postprocess(processor.accumulate(parts))
 
 

@@ -557,10 +557,11 @@ def run(config: Config, proc: processor.ProcessorABC | None = None, *, checkpoin
     proc = build_processor(config) if proc is None else proc
     start = time.perf_counter()
     fileset, report = preflight(config, proc)
-    if hasattr(proc, "generator_sumw"):  # simulation normalised with the Runs trees of all files
+    runs_sums = None
+    if hasattr(proc, "generator_sumw"):  # simulation normalised with the files' Runs trees
         from crema.workflows.normalisation import runs_tree_sums
 
-        proc.generator_sumw = runs_tree_sums(config)
+        runs_sums = runs_tree_sums(config)
     report.timings["preflight"] = time.perf_counter() - start
 
     with contextlib.ExitStack() as stack:
@@ -572,7 +573,7 @@ def run(config: Config, proc: processor.ProcessorABC | None = None, *, checkpoin
         chunk_dir = open_checkpoint(checkpoint, run_manifest(config, proc), resume)
         stack.enter_context(_sigterm_interrupts())
         try:
-            output = _run_chunks(config, proc, fileset, report, chunk_dir)
+            output = _run_chunks(config, proc, fileset, report, chunk_dir, runs_sums)
         except KeyboardInterrupt:
             report.status = "interrupted"
             report.count_done(_done_keys(chunk_dir))
@@ -587,7 +588,8 @@ def run(config: Config, proc: processor.ProcessorABC | None = None, *, checkpoin
     return output, report
 
 
-def _run_chunks(config: Config, proc, fileset, report: RunReport, chunk_dir: Path) -> dict[str, Any]:
+def _run_chunks(config: Config, proc, fileset, report: RunReport, chunk_dir: Path,
+                runs_sums: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
     ex = config.executor
     order = {d.name: (i, {f: j for j, f in enumerate(report.datasets[d.name])}) for i, d in enumerate(config.datasets)}
 
@@ -603,6 +605,9 @@ def _run_chunks(config: Config, proc, fileset, report: RunReport, chunk_dir: Pat
             skipbadfiles=BAD_FILE_ERRORS if ex.skip_bad_files else False,
         )
         chunks = sorted(runner.preprocess(fileset, treename="Events"), key=position)
+        file_entries: dict[str, int] = defaultdict(int)  # the chunks of a file cover all of its entries
+        for c in chunks:
+            file_entries[c.filename] += c.entrystop - c.entrystart
         if ex.maxchunks is not None:  # the first maxchunks chunks of each dataset, in config order
             rank: dict[str, int] = defaultdict(int)
             kept = []
@@ -657,6 +662,14 @@ def _run_chunks(config: Config, proc, fileset, report: RunReport, chunk_dir: Pat
         report.error = (f"{c['file']}: entries {c['entry_start']}-{c['entry_stop']}{where} cannot be read "
                         f"({c['error']}); use --skip-bad-files to skip such chunks")
         raise RunFailed(report.error, report)
+    if runs_sums is not None:
+        from crema.workflows.normalisation import processed_sums
+
+        processed: dict[str, int] = defaultdict(int)
+        for chunk, key in zip(chunks, keys):
+            if key in done:
+                processed[chunk.filename] += chunk.entrystop - chunk.entrystart
+        proc.generator_sumw = processed_sums(runs_sums, file_entries, processed)
     start = time.perf_counter()
     merged = processor.accumulate(store.load(chunk_dir / f"{k}.npz") for k in keys if k in done)
     output = proc.postprocess(merged if merged is not None else {})
