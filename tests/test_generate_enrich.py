@@ -133,8 +133,9 @@ def test_generate_spec_validation_names_the_key():
 
 
 def test_unpassable_filter_and_data_are_errors(tmp_path):
-    with pytest.raises(ValueError, match="efficiency below"):
-        write_nanoaod(tmp_path / "x.root", "dy", 1, seed=1, enrich=Enrichment(GeneratorFilter(ht=1e6)))
+    # stops after 10 / MIN_EFFICIENCY attempts whatever the number of events asked for (not after 1e9)
+    with pytest.raises(ValueError, match="0 of 100000 attempted events passed"):
+        write_nanoaod(tmp_path / "x.root", "dy", 100_000, seed=1, enrich=Enrichment(GeneratorFilter(ht=1e6)))
     with pytest.raises(ValueError, match="simulation only"):
         write_nanoaod(tmp_path / "y.root", "dy", 1, seed=1, data=True, enrich=ENRICH)
 

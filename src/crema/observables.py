@@ -40,7 +40,7 @@ import numpy as np
 
 from crema.schema import ConfigError
 
-__all__ = ["COLLECTIONS", "FUNCTIONS", "Expression", "Observables", "ObjectRef", "parse", "parse_all"]
+__all__ = ["COLLECTIONS", "FUNCTIONS", "Expression", "Observables", "ObjectRef", "parse"]
 
 #: collection names the language knows, with what they mean in crema's processors
 COLLECTIONS: dict[str, str] = {
@@ -167,11 +167,6 @@ def parse(text: str, key: str, *, collections: Iterable[str] = COLLECTIONS,
         if flat:
             raise _fail(key, text, f"{func} needs a longitudinal component, which {flat[0]} does not have")
     return Expression(text.strip(), func, args)
-
-
-def parse_all(expressions: Mapping[str, str], where: str, **names) -> dict[str, Expression]:
-    """Parse ``name -> expression``; errors name ``where.name``."""
-    return {name: parse(text, f"{where}.{name}" if where else name, **names) for name, text in expressions.items()}
 
 
 def _wrap(dphi: np.ndarray) -> np.ndarray:

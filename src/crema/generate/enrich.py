@@ -46,7 +46,6 @@ MAX_ISR_MEAN = 10.0
 # stop when fewer than this share of attempted events passes (a filter that nothing passes)
 MIN_EFFICIENCY = 1e-4
 
-VARIABLES = ("ht", "lepton_pt", "system_pt")
 
 
 @dataclass(frozen=True)
@@ -151,4 +150,4 @@ def hard_quantities(hard) -> dict[str, np.ndarray]:
     return {"lepton_pt": lepton_pt, "ht": ht, "partons": partons, "heavy": heavy, "system_pt": hard.system.pt}
 
 
-__all__ = ["Enrichment", "GeneratorBias", "GeneratorFilter", "hard_quantities", "MIN_EFFICIENCY", "VARIABLES"]
+__all__ = ["Enrichment", "GeneratorBias", "GeneratorFilter", "hard_quantities", "MIN_EFFICIENCY"]

@@ -246,7 +246,9 @@ def _enriched_blocks(process: str, n_events: int, *, seed: int, mass: float, pfn
     kept = attempted = 0
     block = 0
     while kept < n_events:
-        if attempted >= max(n_events, 1) / MIN_EFFICIENCY:
+        # nothing kept after 10 / MIN_EFFICIENCY attempts: the efficiency is below MIN_EFFICIENCY (chance e^-10
+        # otherwise), whatever n_events asks for; some kept: stop once the average falls below it
+        if attempted >= (10 if kept == 0 else max(n_events, 1)) / MIN_EFFICIENCY:
             raise ValueError(f"generator filter/bias of {process}: {kept} of {attempted} attempted events passed "
                              f"(efficiency below {MIN_EFFICIENCY:g}); loosen the filter")
         out = generate_block(process, BLOCK_SIZE, seed=seed, block=block, mass=mass, pfnano=pfnano,

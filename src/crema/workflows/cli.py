@@ -496,15 +496,8 @@ def cmd_eft_fit(args: argparse.Namespace) -> None:
     _print_intervals(result)
 
 
-def _require_torch() -> None:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise ConfigError("this command needs torch: install crema[train] (pip install 'crema[train]')") from None
-
-
 def cmd_eft_train(args: argparse.Namespace) -> None:
-    _require_torch()
+    require_torch("eft-train")
     from crema.models.ml4eft import load_train_config
     from crema.models.ml4eft_train import train
 
@@ -526,7 +519,7 @@ def _print_intervals(result: dict) -> None:
 
 
 def cmd_eft_report(args: argparse.Namespace) -> None:
-    _require_torch()
+    require_torch("eft-report")
     from crema.workflows.ml4eft import report
 
     start = time.perf_counter()

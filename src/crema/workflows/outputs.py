@@ -274,9 +274,8 @@ def read_plot_style(outdir: str | Path) -> RunStyle | None:
 
 
 def write_outputs(output: dict[str, Any], samples: dict[str, SampleInfo], outdir: str | Path,
-                  report: dict[str, Any] | None = None, order: list[str] | None = None,
-                  style: RunStyle | None = None) -> dict[str, Path]:
-    """Write histograms.root, histograms.npz, run.json, cutflow.json, output.coffea (plus report.json)."""
+                  order: list[str] | None = None, style: RunStyle | None = None) -> dict[str, Path]:
+    """Write histograms.root, histograms.npz, run.json, cutflow.json and output.coffea."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -288,6 +287,4 @@ def write_outputs(output: dict[str, Any], samples: dict[str, SampleInfo], outdir
     write_root(output, samples, paths["root"])
     paths.update(write_histograms(output, samples, outdir, style))
     paths["cutflow"].write_text(json.dumps(cutflow_dict(output, order or list(samples)), indent=2))
-    if report is not None:
-        paths["report"] = write_report(report, outdir)
     return paths

@@ -646,6 +646,11 @@ def _run_chunks(config: Config, proc, fileset, report: RunReport, chunk_dir: Pat
                 raise RunFailed(report.error, report) from err
     report.timings["processing"] = time.perf_counter() - start
     done = _done_keys(chunk_dir)
+    unseen = set(acc.get("done", {})) - done
+    if unseen:  # workers wrote them where this process cannot see (a remote cluster without a shared folder)
+        raise InputError(f"{len(unseen)} chunk outputs the workers wrote are not in {chunk_dir}: the workers and "
+                         "this process must share that folder (on a remote dask cluster, crema run -o on a "
+                         "shared file system)")
     report.count_done(done)
     bad = acc.get("bad_chunks", {})
     for chunk, key in zip(chunks, keys):
