@@ -116,6 +116,34 @@ def test_root_names_variations(full, tmp_path):
         np.testing.assert_allclose(f["sl_inclusive_jet1_pt/ttbar_JERUp"].values(), one(output, "jet1_pt", "JERUp").values())
 
 
+def test_root_histograms_equal_uproots_own_conversion(full, tmp_path):
+    """The TH1Ds built from arrays are those uproot writes from the weighted hist objects: every
+    statistics member, the axis, values and variances with flow."""
+    from crema.workflows.outputs import process_histograms
+
+    config, output = full
+    path = write_root(output, config.samples, tmp_path / "fast.root")
+    h = output["histograms"]["jet1_pt"]
+    with uproot.recreate(tmp_path / "reference.root") as ref:
+        for (channel, region, syst, process), one_hist in process_histograms(h, config.samples).items():
+            if region == "inclusive" and syst in ("nominal", "JERUp"):
+                ref[f"{channel}_{process}_{syst}"] = one_hist
+    checked = 0
+    with uproot.open(path) as fast, uproot.open(tmp_path / "reference.root") as ref:
+        for key in ref.keys(cycle=False):
+            channel, process, syst = key.split("_", 2)
+            name = process if syst == "nominal" else f"{process}_{syst}"
+            a, b = fast[f"{channel}_inclusive_jet1_pt/{name}"], ref[key]
+            for member in ("fEntries", "fTsumw", "fTsumw2", "fTsumwx", "fTsumwx2", "fTitle"):
+                assert a.member(member) == b.member(member), (key, member)
+            for member in ("fName", "fTitle", "fNbins", "fXmin", "fXmax"):
+                assert a.member("fXaxis").member(member) == b.member("fXaxis").member(member), (key, member)
+            np.testing.assert_array_equal(a.values(flow=True), b.values(flow=True))
+            np.testing.assert_array_equal(a.variances(flow=True), b.variances(flow=True))
+            checked += 1
+    assert checked >= 4 and one(output, "jet1_pt", "JERUp").values().sum() > 0
+
+
 def test_jes_sources_choose_the_variations(sample):
     from crema.corrections.era import load_era
     from crema.processors.hhbbww import CorrectionOptions, HHbbWWOptions, HHbbWWProcessor
