@@ -191,3 +191,85 @@ def test_isr_bias_and_positive_weights_in_written_files(tmp_path):
     for bad in (0, -1, 11):
         with pytest.raises(ConfigError, match=rf"{where}.*isr_mean"):
             from_dict(GenerateSpec, {"process": "wjets", "events": 10, "isr_mean": bad}, where)
+
+
+def test_tag_bias_is_an_exact_reweighting_of_the_btag_scores():
+    """Mistag enrichment: per jet class the weighted b-tag scores follow the unbiased law (PNet and the
+    DeepJet score derived from it), mistags are many times more frequent in the sample, b jets untouched."""
+    from crema.generate.enrich import TagBias
+    from crema.generate.reco_jets import _flavour_tagging
+    from crema.generate.response import BOTTOM, UDS
+
+    rng = np.random.default_rng(5)
+    m = 200_000
+    cls, eta, pt, z = rng.integers(0, 6, m), rng.uniform(-3, 3, m), rng.uniform(10, 100, m), rng.normal(size=m)
+    bias = TagBias(score_min=0.245, share=0.1, pt_min=20.0)
+    plain, none = _flavour_tagging(np.random.default_rng(6), cls, eta, pt, z)
+    biased, factor = _flavour_tagging(np.random.default_rng(7), cls, eta, pt, z, bias)
+    assert none is None and factor.mean() == pytest.approx(1.0, abs=0.01)
+    eligible = (np.abs(eta) < 2.5) & (cls != BOTTOM) & (pt >= 20.0)
+    assert np.all(factor[~eligible] == 1.0) and np.all(factor[eligible] != 1.0)
+    edges = np.array([-1.01, -0.5, 0, 0.01, 0.05, 0.1, 0.2, 0.245, 0.3, 0.5, 0.8, 0.95, 1.0])
+    for key in ("btagPNetB", "btagDeepFlavB", "btagPNetCvL"):
+        for c in range(6):
+            sel = cls == c
+            a, va = _hist(plain[key][sel], np.ones(sel.sum()), edges)
+            b, vb = _hist(biased[key][sel], factor[sel], edges)
+            # Poisson variance of the plain counts from their expectation (the biased estimate): the
+            # plain sample has bins with 0-2 mistags that the biased one measures precisely
+            chi2, ndf = _chi2(a, b, b, vb)
+            assert chi2 < ndf + 5 * np.sqrt(2 * ndf), (key, c, chi2, ndf)
+    light = eligible & (cls == UDS)
+    rate_plain = np.mean(plain["btagPNetB"][light] > 0.245)
+    rate_sampled = np.mean(biased["btagPNetB"][light] > 0.245)
+    assert rate_sampled > 5 * rate_plain  # ~ share + (1 - share) x the mistag rate
+    # without the weight the mistag rate is wrong by that factor: the test above would fail
+    a, va = _hist(plain["btagPNetB"][light], np.ones(light.sum()), edges)
+    b, vb = _hist(biased["btagPNetB"][light], np.ones(light.sum()), edges)
+    assert _chi2(a, va, b, vb)[0] > 100
+
+
+def test_tag_bias_in_written_files_keeps_the_normalisation(tmp_path):
+    from crema.generate.enrich import TagBias
+
+    enrich = Enrichment(negative_weights=False, tag_bias=TagBias(score_min=0.245, share=0.2))
+    path = write_nanoaod(tmp_path / "w.root", "wjets", 3000, seed=9, enrich=enrich)
+    runs, w, _ = _read(path)
+    assert w.size == 3000 == int(runs["genEventCount"][0])  # no event is rejected
+    nominal = PROCESS_SPECS["wjets"].weight
+    assert runs["genEventSumw"][0] == pytest.approx(3000 * nominal)  # attempted events, nominal weight
+    assert np.all(w > 0) and w.sum() / (3000 * nominal) == pytest.approx(1.0, abs=0.03)  # E[factor] = 1
+    with uproot.open(path) as f:
+        jets = f["Events"].arrays(["Jet_pt", "Jet_eta", "Jet_btagPNetB"])
+    tags = ak.sum((jets.Jet_pt > 20) & (np.abs(jets.Jet_eta) < 2.5) & (jets.Jet_btagPNetB > 0.245), axis=1)
+    assert np.count_nonzero(tags >= 2) > 50  # ~0.2% of unbiased W+jets events
+    where = "datasets.WtoLNu.generate"
+    spec = from_dict(GenerateSpec, {"process": "wjets", "events": 10, "negative_weights": False,
+                                    "tag_bias": {"score_min": 0.245, "share": 0.2}}, where)
+    assert spec.enrichment == enrich
+    for bad in ({"score_min": 1.5}, {"score_min": 0.245, "share": 1.0}):
+        with pytest.raises(ConfigError, match=rf"{where}.*tag_bias"):
+            from_dict(GenerateSpec, {"process": "wjets", "events": 10, "tag_bias": bad}, where)
+
+
+def test_adjacent_slices_add_up_to_the_process(tmp_path):
+    """Boson-pT slices of W+jets (as the pT-binned samples): on the same hard events the two slices
+    keep complementary events; written as files, each slice's yield per attempted event adds up to the
+    inclusive one (within statistics) and the high slice holds the high-pT part."""
+    spec = PROCESS_SPECS["wjets"]
+    quantities = hard_quantities(generate_hard(spec, np.random.default_rng(21), 50_000, 800.0))
+    u = np.random.default_rng(22).uniform(size=50_000)
+    low, _ = Enrichment(GeneratorFilter(system_pt_max=150.0)).keep(quantities, u)
+    high, _ = Enrichment(GeneratorFilter(system_pt=150.0)).keep(quantities, u)
+    assert not np.any(low & high) and np.all(low | high)
+    assert 0.001 < high.mean() < 0.2
+    fractions = []
+    for name, f in (("low", GeneratorFilter(system_pt_max=150.0)), ("high", GeneratorFilter(system_pt=150.0))):
+        runs, w, _ = _read(write_nanoaod(tmp_path / f"{name}.root", "wjets", 300, seed=23,
+                                         enrich=Enrichment(f, negative_weights=False)))
+        fractions.append(w.sum() / runs["genEventSumw"][0])
+    assert fractions[0] == pytest.approx(1.0 - high.mean(), abs=0.02)
+    assert fractions[1] == pytest.approx(high.mean(), rel=0.3)
+    with pytest.raises(ConfigError, match="system_pt_max: must be above system_pt"):
+        from_dict(GenerateSpec, {"process": "wjets", "events": 10, "filter": {"system_pt": 150, "system_pt_max": 100}},
+                  "datasets.W.generate")

@@ -6,11 +6,21 @@ Here the hard event (before jets, leptons and the detector are simulated, which 
 spends its time) is tested against
 
 * a **filter**: minimum generator-level values (leading prompt lepton pT, parton HT, number of
-  partons, hard-system pT). Events below are not written; the weights of written events are
-  unchanged.
+  partons, hard-system pT) and upper bounds on HT and the hard-system pT (slices of a process,
+  as CMS's HT- and pT-binned V+jets samples: datasets of one process with adjacent slices add up
+  to the whole). Events outside are not written; the weights of written events are unchanged.
 * an **ISR multiplicity bias**: the number of ISR partons is drawn from a harder Poisson law and
   each event carries the ratio of the process's to the sampled probability of its count (exact
   reweighting, no rejection).
+* a **b-tag bias** (``tag_bias``): each reconstructed AK4 jet not from a b hadron (pT above
+  ``pt_min``, within the b-tagging acceptance) draws its b-tag score, with probability ``share``,
+  from the part of its law above ``score_min`` (the working point) instead of the whole law, and
+  the event's weight is multiplied, per such jet, by the law's density over the sampled mixture:
+  ``1 / ((1 - share) + share / S)`` for a score above ``score_min`` (``S``: the law's probability to
+  be above, per jet class) and ``1 / (1 - share)`` below. Mistagged jets are then ~``share / S``
+  times more frequent and every weighted distribution is the unbiased one (importance sampling,
+  no rejection), so regions that require b-tags get far more simulated events of backgrounds that
+  reach them through mistags (W+jets, DY).
 * a **bias**: each event is kept with probability ``a(x) = clip((x / reference)^power, min_keep, 1)``
   of a generator-level variable ``x`` (times ``light_keep`` for events without a b or c parton in
   the jet acceptance) and written with its weight multiplied by ``1 / a``. The written sample
@@ -50,17 +60,24 @@ MIN_EFFICIENCY = 1e-4
 
 @dataclass(frozen=True)
 class GeneratorFilter:
-    """Generator-level minimums; an event below any of them is not written (GeV, count)."""
+    """Generator-level minimums, and upper bounds (exclusive) for slices of a process such as the
+    HT- or pT-binned V+jets samples; an event outside any of them is not written (GeV, count)."""
 
     lepton_pt: float = 0.0  # leading prompt e/mu within |eta| < 2.5
     ht: float = 0.0  # scalar pT sum of partons (ISR and hard-process quarks) in the jet acceptance
     partons: int = 0  # partons in the jet acceptance
     system_pt: float = 0.0  # pT of the hard system (the W, Z, ttbar, X)
+    ht_max: float | None = None
+    system_pt_max: float | None = None
 
     def validate(self) -> None:
         for name in ("lepton_pt", "ht", "partons", "system_pt"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: a minimum must be >= 0")
+        for name in ("ht", "system_pt"):
+            upper = getattr(self, f"{name}_max")
+            if upper is not None and not upper > getattr(self, name):
+                raise ConfigError(f"{name}_max: must be above {name} ({getattr(self, name):g})")
 
 
 @dataclass(frozen=True)
@@ -86,6 +103,23 @@ class GeneratorBias:
 
 
 @dataclass(frozen=True)
+class TagBias:
+    """Mistag enrichment of the b-tag score (PNet B, DeepJet follows it): see the module docstring."""
+
+    score_min: float  # the working point the analysis cuts on (btagPNetB)
+    share: float = 0.1  # probability that an eligible jet draws its score from above score_min
+    pt_min: float = 20.0  # reco pT (GeV) from which a jet is eligible: the analysis' AK4 threshold
+
+    def validate(self) -> None:
+        if not 0 < self.score_min < 1:
+            raise ConfigError("score_min: a b-tag score in (0, 1)")
+        if not 0 < self.share < 1:
+            raise ConfigError("share: a probability in (0, 1)")
+        if not self.pt_min >= 0:
+            raise ConfigError("pt_min: must be >= 0 (GeV)")
+
+
+@dataclass(frozen=True)
 class Enrichment:
     """A filter and/or a bias applied to the hard events of a generated sample, and how it is sampled.
 
@@ -99,12 +133,15 @@ class Enrichment:
     bias: GeneratorBias | None = None
     isr_mean: float | None = None
     negative_weights: bool = True
+    tag_bias: TagBias | None = None
 
     def __bool__(self) -> bool:
         return (self.filter is not None or self.bias is not None or self.isr_mean is not None
-                or not self.negative_weights)
+                or not self.negative_weights or self.tag_bias is not None)
 
     def validate(self) -> None:
+        if self.tag_bias is not None:
+            self.tag_bias.validate()
         if self.isr_mean is not None and not 0 < self.isr_mean <= MAX_ISR_MEAN:
             raise ConfigError(f"isr_mean: a mean number of ISR partons in (0, {MAX_ISR_MEAN:g}]")
 
@@ -118,6 +155,10 @@ class Enrichment:
             passed &= quantities["ht"] >= f.ht
             passed &= quantities["partons"] >= f.partons
             passed &= quantities["system_pt"] >= f.system_pt
+            if f.ht_max is not None:
+                passed &= quantities["ht"] < f.ht_max
+            if f.system_pt_max is not None:
+                passed &= quantities["system_pt"] < f.system_pt_max
         prob = np.ones(n)
         b = self.bias
         if b is not None:
@@ -150,4 +191,4 @@ def hard_quantities(hard) -> dict[str, np.ndarray]:
     return {"lepton_pt": lepton_pt, "ht": ht, "partons": partons, "heavy": heavy, "system_pt": hard.system.pt}
 
 
-__all__ = ["Enrichment", "GeneratorBias", "GeneratorFilter", "hard_quantities", "MIN_EFFICIENCY"]
+__all__ = ["Enrichment", "GeneratorBias", "GeneratorFilter", "TagBias", "hard_quantities", "MIN_EFFICIENCY"]

@@ -125,7 +125,9 @@ def generate_block(process: str, n: int, *, seed: int, block: int, mass: float, 
     gj_index, gj_counts, gj_fields = gen_collection(cl4, GENJET_PT_MIN, "GenJet")
     g8_index, g8_counts, g8_fields = gen_collection(cl8, GENJETAK8_PT_MIN, "GenJetAK8")
 
-    ak4 = reco_ak4(rng, cl4, gj_index, pu)
+    ak4 = reco_ak4(rng, cl4, gj_index, pu, enrich.tag_bias if enrich else None)
+    if ak4.tag_weight is not None:
+        weight = weight * ak4.tag_weight
     K = cl4.valid.shape[1]
     lep = reco_leptons(rng, hard, inp, cl4, ak4.new_index[:, :K], ak4.fields["pt"], ak4.counts, gen_index, pu)
     attach_leptons(ak4, n, "e", lep.e_counts, lep.e_fields["jetIdx"])

@@ -15,10 +15,12 @@ documented in docs/generator.md.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import numpy as np
 
 from . import response as resp
+from .enrich import TagBias
 from .genjets import KIND_PARTON, Clusters, Inputs
 from .jec import jec, jer
 from .kinematics import delta_phi, logit, sigmoid
@@ -59,6 +61,8 @@ def _logit_normal(rng, params: np.ndarray, cls: np.ndarray, z: np.ndarray | None
     return sigmoid(params[cls, 0] + params[cls, 1] * noise)
 
 
+_NORMAL = NormalDist()
+
 # ----------------------------------------------------------------------- GenJets
 
 
@@ -90,10 +94,15 @@ class AK4:
     sum_pt: np.ndarray
     var_pt: np.ndarray
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # per-jet inputs of the PFNano constituents
+    tag_weight: np.ndarray | None = None  # per-event weight factor of a b-tag bias (None without)
 
 
-def reco_ak4(rng: np.random.Generator, cl: Clusters, genjet_index: np.ndarray, pu: Pileup) -> AK4:
-    """AK4 Puppi reco jets from AK4 particle-level clusters plus pileup jets."""
+def reco_ak4(rng: np.random.Generator, cl: Clusters, genjet_index: np.ndarray, pu: Pileup,
+             tag_bias: TagBias | None = None) -> AK4:
+    """AK4 Puppi reco jets from AK4 particle-level clusters plus pileup jets.
+
+    ``tag_bias`` (:class:`crema.generate.enrich.TagBias`): mistag-enriched b-tag scores, with the
+    per-event weight factor in ``AK4.tag_weight``."""
     n, K = cl.valid.shape
     g_pt, g_eta, g_phi, g_m = cl.pt, cl.eta, cl.phi, cl.mass
     cls = np.where(
@@ -214,7 +223,8 @@ def reco_ak4(rng: np.random.Generator, cl: Clusters, genjet_index: np.ndarray, p
         "hadronFlavour": f["hadflav"],
         "partonFlavour": f["partflav"],
     }
-    fields.update(_flavour_tagging(rng, c, f["eta"], pt, lat.z[p]))
+    tagging, jet_factor = _flavour_tagging(rng, c, f["eta"], pt, lat.z[p], tag_bias)
+    fields.update(tagging)
     fields.update(_regression(rng, c, pt, raw, g_pt, f["nu"], f["sigma"]))
     meas = resp.measured(lat, 1.0 - x_mu - x_e, x_e, x_mu, resp.nh_response(scale_pt, eta_f))
     comp, extra = _composition(rng, lat, meas, p, raw, lat.forward[p])
@@ -227,6 +237,9 @@ def reco_ak4(rng: np.random.Generator, cl: Clusters, genjet_index: np.ndarray, p
     dpx = np.where(is_pu, pt * np.cos(f["phi"]), pt * np.cos(f["phi"]) - g_pt * np.cos(f["g_phi"]))
     dpy = np.where(is_pu, pt * np.sin(f["phi"]), pt * np.sin(f["phi"]) - g_pt * np.sin(f["g_phi"]))
     w = hadronic.astype(float)
+    tag_weight = None
+    if jet_factor is not None:  # product over each event's jets, as a sum of logs
+        tag_weight = np.exp(np.bincount(ev, np.log(jet_factor), minlength=n))
     return AK4(
         counts=counts,
         fields=fields,
@@ -236,17 +249,25 @@ def reco_ak4(rng: np.random.Generator, cl: Clusters, genjet_index: np.ndarray, p
         sum_pt=np.bincount(ev, pt * w, minlength=n),
         var_pt=np.bincount(ev, (f["sigma"] * pt) ** 2 * w, minlength=n),
         extra=extra,
+        tag_weight=tag_weight,
     )
 
 
-def _flavour_tagging(rng, cls: np.ndarray, eta: np.ndarray, pt: np.ndarray, z: np.ndarray) -> dict[str, np.ndarray]:
-    """PNet (and DeepJet) scores as a consistent b / c / uds / g / tau probability vector.
+def _flavour_tagging(rng, cls: np.ndarray, eta: np.ndarray, pt: np.ndarray, z: np.ndarray,
+                     tag_bias: TagBias | None = None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """PNet (and DeepJet) scores as a consistent b / c / uds / g / tau probability vector, and
+    the per-jet weight factors of ``tag_bias`` (None without).
 
     The QvG share is correlated with the jet's fragmentation softness ``z`` (softer:
     more gluon-like) without changing its distribution in each class.
     """
     m = cls.size
-    b = _logit_normal(rng, B_LOGIT, cls)
+    central = np.abs(eta) < BTAG_ETA_MAX
+    noise = rng.normal(size=m)
+    factor = None
+    if tag_bias is not None:
+        noise, factor = _tag_biased(rng, noise, cls, central & (cls != BOTTOM) & (pt >= tag_bias.pt_min), tag_bias)
+    b = sigmoid(B_LOGIT[cls, 0] + B_LOGIT[cls, 1] * noise)
     c_share = _logit_normal(rng, C_LOGIT, cls)
     q_share = _logit_normal(rng, Q_LOGIT, cls, -z, resp.QVG_FRAG_CORRELATION)
     p_tau = rng.beta(0.5, 60.0, m)
@@ -254,7 +275,6 @@ def _flavour_tagging(rng, cls: np.ndarray, eta: np.ndarray, pt: np.ndarray, z: n
     p_c = rest * c_share
     p_uds = rest * (1.0 - c_share) * q_share
     p_g = rest * (1.0 - c_share) * (1.0 - q_share)
-    central = np.abs(eta) < BTAG_ETA_MAX
     fwd_qvg = _logit_normal(rng, Q_LOGIT_FORWARD, cls, -z, resp.QVG_FRAG_CORRELATION)
     undefined = np.float64(-1.0)
     out = {
@@ -271,7 +291,26 @@ def _flavour_tagging(rng, cls: np.ndarray, eta: np.ndarray, pt: np.ndarray, z: n
     out["btagDeepFlavCvL"] = sigmoid(0.85 * logit(np.clip(c_share, 1e-6, 1 - 1e-6)) + 0.9 * rng.normal(size=m))
     out["btagDeepFlavCvB"] = sigmoid(0.85 * logit(np.clip(p_c / (p_c + b), 1e-6, 1 - 1e-6)) + 0.9 * rng.normal(size=m))
     out["btagDeepFlavQG"] = sigmoid(0.85 * logit(np.clip(1.0 - q_share, 1e-6, 1 - 1e-6)) + 0.9 * rng.normal(size=m))
-    return out
+    return out, factor
+
+
+def _tag_biased(rng, noise: np.ndarray, cls: np.ndarray, eligible: np.ndarray, bias: TagBias
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Standard-normal b-score noise with eligible jets drawn, with probability ``bias.share``, from
+    the tail above the working point of their class; and each jet's density ratio (law / mixture)."""
+    # the working point in each class's standard-normal noise: logit(score) = mean + sd * noise
+    z_min = (logit(np.float64(bias.score_min)) - B_LOGIT[:, 0]) / B_LOGIT[:, 1]
+    above = np.array([_NORMAL.cdf(-z) for z in z_min])  # P(noise > z_min) per class
+    pick = eligible & (rng.uniform(size=cls.size) < bias.share)
+    u = rng.uniform(size=int(pick.sum()))
+    # the tail's inverse CDF from the upper side (exact for small tail probabilities)
+    tail = -np.array([_NORMAL.inv_cdf(p) for p in np.clip(u * above[cls[pick]], 1e-300, None)])
+    noise = noise.copy()
+    noise[pick] = np.maximum(tail, z_min[cls[pick]])
+    tagged = noise > z_min[cls]
+    q = bias.share
+    factor = np.where(eligible, np.where(tagged, 1.0 / ((1.0 - q) + q / above[cls]), 1.0 / (1.0 - q)), 1.0)
+    return noise, factor
 
 
 def _regression(rng, cls, pt, raw, g_pt, nu_pt, sigma) -> dict[str, np.ndarray]:

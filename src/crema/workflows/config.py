@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import yaml
 
-from crema.generate.enrich import Enrichment, GeneratorBias, GeneratorFilter
+from crema.generate.enrich import Enrichment, GeneratorBias, GeneratorFilter, TagBias
 from crema.processors.classifier_dataset import ClassifierDatasetConfig
 from crema.plotting import ProcessStyle
 from crema.processors.common import SampleInfo
@@ -34,6 +34,9 @@ class GenerateSpec:
     isr_mean: float | None = None
     # false: an LO-like sample, all weights positive (default: the process's NLO-like negative share)
     negative_weights: bool = True
+    # draw the b-tag scores of jets not from b hadrons from above a working point with a probability
+    # (mistag enrichment), each event weighted exactly
+    tag_bias: TagBias | None = None
 
     def validate(self) -> None:
         self.enrichment.validate()
@@ -41,7 +44,7 @@ class GenerateSpec:
     @property
     def enrichment(self) -> Enrichment:
         """The filter, biases and weight model as the generator takes them."""
-        return Enrichment(self.filter, self.bias, self.isr_mean, self.negative_weights)
+        return Enrichment(self.filter, self.bias, self.isr_mean, self.negative_weights, self.tag_bias)
 
 
 @dataclass(frozen=True)

@@ -184,11 +184,12 @@ def generate_inputs(config: Config, directory: str | Path, scale: float = 1.0, l
     ``scale``, at least one event); datasets without a spec (or, with ``only_missing``, with
     files already given) are left as they are. With ``reuse`` a file already in ``directory`` is kept
     (files are written under a temporary name and renamed, so one found there is complete).
+    Samples are written in parallel by as many processes as the run's executor has workers
+    (futures and dask; one with the iterative executor), largest first; each file is the same
+    whatever the number of processes (one seed per dataset).
     """
-    from crema.generate import write_nanoaod
-
     directory = Path(directory)
-    datasets = []
+    datasets, todo = [], []
     for d in config.datasets:
         g = d.generate
         if g is None or (only_missing and d.files):
@@ -198,13 +199,36 @@ def generate_inputs(config: Config, directory: str | Path, scale: float = 1.0, l
         path.parent.mkdir(parents=True, exist_ok=True)
         n = max(1, int(g.events * scale))
         if not (reuse and path.is_file()):
+            todo.append((n, path, g))
+        datasets.append(replace(d, files=[str(path)], generate=replace(g, events=n)))
+    todo.sort(key=lambda job: -job[0])
+    workers = min(len(todo), config.executor.workers if config.executor.name != "iterative" else 1)
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
+        # spawn: forking a process that may hold threads (dask, onnxruntime) is unsafe
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            pending = [pool.submit(_write_sample, path, g, n) for n, path, g in todo]
+            for (n, path, g), job in zip(todo, pending):
+                if log is not None:
+                    log(f"generating {n} {g.process} events -> {path}")
+                job.result()
+    else:
+        for n, path, g in todo:
             if log is not None:
                 log(f"generating {n} {g.process} events -> {path}")
-            tmp = path.with_name(f".{path.name}.tmp")
-            write_nanoaod(tmp, g.process, n, seed=g.seed, mass=g.mass, pfnano=g.pfnano, enrich=g.enrichment)
-            os.replace(tmp, path)
-        datasets.append(replace(d, files=[str(path)], generate=replace(g, events=n)))
+            _write_sample(path, g, n)
     return replace(config, datasets=datasets)
+
+
+def _write_sample(path: Path, g, n: int) -> None:
+    """One generated file, under a temporary name renamed when complete."""
+    from crema.generate import write_nanoaod
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    write_nanoaod(tmp, g.process, n, seed=g.seed, mass=g.mass, pfnano=g.pfnano, enrich=g.enrichment)
+    os.replace(tmp, path)
 
 
 def build_processor(config: Config) -> processor.ProcessorABC:
