@@ -108,3 +108,17 @@ def test_data_are_the_observations_when_every_channel_has_them():
     assert built.observed and built.spec["observations"][0]["data"] == [12.0, 9.0]
     with pytest.raises(ValueError, match="no signal yield"):
         build_workspace([_channel("c", [0.0, 0.0], [10.0, 10.0])], ["sig"], lumi_uncertainty=0.014)
+
+
+def test_limit_scan_in_two_processes_gives_the_same_numbers():
+    """The CLs scan's points tested by two worker processes (each rebuilding the model from the spec)
+    give the one-process results exactly, observed and expected."""
+    channels = _realistic()
+    channels[0] = _channel("a", [1.0, 3.0, 6.0, 4.0], [50.0, 40.0, 30.0, 20.0], data=np.array([52.0, 41.0, 36.0, 22.0]))
+    channels[1] = _channel("b", [0.5, 2.0, 2.0, 1.0], [100.0, 80.0, 60.0, 40.0], data=np.array([97.0, 85.0, 60.0, 45.0]))
+    built = build_workspace(channels, ["sig"], lumi_uncertainty=0.014, norm_uncertainties={"bkg": 0.05})
+    one, *_ = inference.analyse(built.spec, observed=True)
+    two, *_ = inference.analyse(built.spec, observed=True, workers=2)
+    assert one["expected_limit"] == two["expected_limit"] and one["observed_limit"] == two["observed_limit"]
+    assert one["limit_scan"] == two["limit_scan"] and one["limit_scan"]["converged_points"] >= 12
+    assert 0 < one["expected_limit"]["minus2"] < one["expected_limit"]["median"] < one["expected_limit"]["plus2"]

@@ -12,8 +12,9 @@ Expected quantities are a-priori (nuisance parameters at their nominal values):
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cabinetry
@@ -43,6 +44,7 @@ class Model:
     data: list[float]
     asimov_b: list[float]
     asimov_sb: list[float]
+    spec: dict[str, Any] = field(default_factory=dict, repr=False)  # what other processes rebuild it from
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "Model":
@@ -52,7 +54,11 @@ class Model:
         data = list(map(float, workspace.data(model)))
         return cls(model, data,
                    cabinetry.model_utils.asimov_data(model, poi_value=0.0),
-                   cabinetry.model_utils.asimov_data(model, poi_value=1.0))
+                   cabinetry.model_utils.asimov_data(model, poi_value=1.0), spec)
+
+    def dataset(self, key: str) -> list[float]:
+        """``"observed"`` (the data) or ``"expected"`` (the background-only Asimov dataset)."""
+        return self.data if key == "observed" else self.asimov_b
 
 
 def fit(m: Model, observed: bool) -> cabinetry.fit.FitResults:
@@ -72,7 +78,7 @@ BAND = ("minus2", "minus1", "median", "plus1", "plus2")
 
 
 def limits(m: Model, observed: bool, confidence_level: float = 0.95, points: int = 6,
-           sigma: float | None = None) -> dict[str, Any]:
+           sigma: float | None = None, pool=None) -> dict[str, Any]:
     """Expected CLs upper limits on ``mu`` (median, +-1, +-2 sigma) and, with data, the observed one.
 
     A scan as pyhf's ``upper_limit`` does it: CLs (qtilde, asymptotic) at ``points`` values of ``mu``,
@@ -82,34 +88,30 @@ def limits(m: Model, observed: bool, confidence_level: float = 0.95, points: int
     most three times) until every crossing lies between two tested points. A point whose fit does not
     converge (Minuit, typically far above the limit where the background parameters must absorb a
     huge signal) is left out of the interpolation; a crossing is only taken between converged points.
-    ``sigma``: that uncertainty when already known (an Asimov fit).
+    ``sigma``: that uncertainty when already known (an Asimov fit). ``pool``: an executor from
+    :func:`scan_pool` that tests the points of a round in parallel (the same numbers as one process).
     """
     poi = m.model.config.poi_index
     bounds = [tuple(b) for b in m.model.config.suggested_bounds()]
     sigma = fit(m, observed=False).uncertainty[poi] if sigma is None else sigma
     lo, hi = 0.8 * sigma, 4.5 * sigma
     alpha = 1.0 - confidence_level
-    datasets = {"expected": m.asimov_b, **({"observed": m.data} if observed else {})}
-    tested: dict[str, dict[float, np.ndarray]] = {k: {} for k in datasets}
+    keys = ["expected", *(["observed"] if observed else [])]
+    tested: dict[str, dict[float, np.ndarray]] = {k: {} for k in keys}
     failed: set[tuple[str, float]] = set()
-    # pyhf logs every failed minimisation with its traceback; such a point is left out here and counted
-    pyhf_log = logging.getLogger("pyhf.optimize.mixins")
     for _ in range(4):
         bounds[poi] = (0.0, max(bounds[poi][1], 2 * hi))
-        for mu in np.linspace(lo, hi, points):
-            for k, d in datasets.items():
-                if float(mu) in tested[k] or (k, float(mu)) in failed:
-                    continue
-                pyhf_log.disabled = True
-                try:
-                    obs, exp = pyhf.infer.hypotest(mu, d, m.model, par_bounds=bounds, test_stat="qtilde",
-                                                   return_expected_set=True)
-                except (pyhf.exceptions.FailedMinimization, AssertionError):
-                    failed.add((k, float(mu)))
-                    continue
-                finally:
-                    pyhf_log.disabled = False
-                tested[k][float(mu)] = np.asarray(exp, dtype=float) if k == "expected" else np.atleast_1d(float(obs))
+        todo = [(k, float(mu)) for mu in np.linspace(lo, hi, points) for k in keys
+                if float(mu) not in tested[k] and (k, float(mu)) not in failed]
+        if pool is None:
+            outcomes = [_hypotest(m, mu, k, bounds) for k, mu in todo]
+        else:
+            outcomes = list(pool.map(_pooled_hypotest, [(mu, k, bounds) for k, mu in todo]))
+        for (k, mu), outcome in zip(todo, outcomes):
+            if outcome is None:
+                failed.add((k, mu))
+            else:
+                tested[k][mu] = outcome
         crossings = {k: _crossings(by_mu, alpha) for k, by_mu in tested.items()}
         expected = crossings["expected"]
         found = [*expected, *(crossings["observed"] if observed else [])]
@@ -125,6 +127,48 @@ def limits(m: Model, observed: bool, confidence_level: float = 0.95, points: int
     if observed:
         out["observed_limit"] = float(crossings["observed"][0])
     return out
+
+
+def _hypotest(m: Model, mu: float, key: str, bounds: list[tuple]) -> np.ndarray | None:
+    """CLs at ``mu`` on ``m.dataset(key)``: the five expected values (``"expected"``) or the observed
+    one; None when a fit does not converge."""
+    # pyhf logs every failed minimisation with its traceback; such a point is left out and counted
+    pyhf_log = logging.getLogger("pyhf.optimize.mixins")
+    pyhf_log.disabled = True
+    try:
+        obs, exp = pyhf.infer.hypotest(mu, m.dataset(key), m.model, par_bounds=bounds, test_stat="qtilde",
+                                       return_expected_set=True)
+    except (pyhf.exceptions.FailedMinimization, AssertionError):
+        return None
+    finally:
+        pyhf_log.disabled = False
+    return np.asarray(exp, dtype=float) if key == "expected" else np.atleast_1d(float(obs))
+
+
+_POOLED: Model | None = None  # a scan worker's model, built once by its initializer
+
+
+def _build_pooled(spec: dict[str, Any]) -> None:
+    global _POOLED
+    _POOLED = Model.from_spec(spec)
+
+
+def _pooled_hypotest(args: tuple) -> np.ndarray | None:
+    return _hypotest(_POOLED, *args)
+
+
+def scan_pool(m: Model, workers: int):
+    """A process pool whose workers hold ``m`` (rebuilt from its spec), for :func:`limits`; a null
+    context for one worker. Started before the fits that precede the scan, so that the workers'
+    start-up overlaps them."""
+    if workers <= 1:
+        return contextlib.nullcontext()
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    # spawn: forking a process that may hold threads (dask, onnxruntime) is unsafe
+    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_build_pooled,
+                               initargs=(m.spec,))
 
 
 def _crossings(by_mu: dict[float, np.ndarray], alpha: float) -> list[float]:
@@ -183,17 +227,22 @@ def ranking_table(r: cabinetry.fit.RankingResults, top: int) -> list[dict[str, A
 
 
 def analyse(spec: dict[str, Any], observed: bool, confidence_level: float = 0.95,
-            top_impacts: int = 0) -> tuple[dict[str, Any], Model, cabinetry.fit.FitResults,
-                                           cabinetry.fit.RankingResults | None]:
+            top_impacts: int = 0, workers: int = 1) -> tuple[dict[str, Any], Model, cabinetry.fit.FitResults,
+                                                             cabinetry.fit.RankingResults | None]:
     """Everything ``crema fit`` reports for a workspace spec: significances, limits, ``mu_hat``,
-    parameters and (``top_impacts`` > 0) the impact ranking. Returns (results, model, fit, ranking)."""
+    parameters and (``top_impacts`` > 0) the impact ranking. Returns (results, model, fit, ranking).
+    ``workers`` > 1: the CLs scan's points are tested by that many processes."""
     m = Model.from_spec(spec)
-    result = fit(m, observed)
-    poi = m.model.config.poi_index
+    with scan_pool(m, workers) as pool:
+        result = fit(m, observed)
+        poi = m.model.config.poi_index
+        first = significance(m, observed)
+        scan = limits(m, observed, confidence_level, sigma=None if observed else float(result.uncertainty[poi]),
+                      pool=pool)
     results: dict[str, Any] = {
         "observed": observed,
-        **significance(m, observed),
-        **limits(m, observed, confidence_level, sigma=None if observed else float(result.uncertainty[poi])),
+        **first,
+        **scan,
         "confidence_level": confidence_level,
         "mu_hat": float(result.bestfit[poi]),
         "mu_hat_uncertainty": float(result.uncertainty[poi]),

@@ -181,7 +181,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
         console.print(f"fitting {config.fit.observable} in {', '.join(config.fit.regions)} (crema fit) ...")
         try:
-            print(result_block(run_fit(outdir, outdir / "fit", config.fit, plots=not args.no_plots), outdir / "fit"))
+            workers = config.executor.workers if config.executor.name != "iterative" else 1
+            print(result_block(run_fit(outdir, outdir / "fit", config.fit, plots=not args.no_plots, workers=workers),
+                               outdir / "fit"))
         except FitFailed as err:  # the run's outputs are complete; small --scale samples may not give a limit
             console.print(f"the demo's fit gave no result: {err}. The run's outputs in {outdir} are complete; "
                           f"with --scale {args.scale:g} the samples may be too small (at --scale 0.5 it converged).")
@@ -286,7 +288,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
                   f"[{e['minus1']:.3g}, {e['plus1']:.3g}]")
         console.print(f"wrote {outdir / 'scan.json'}")
         return
-    results = run_fit(args.run_dir, outdir, fit, args.signal, plots=not args.no_plots)
+    results = run_fit(args.run_dir, outdir, fit, args.signal, plots=not args.no_plots, workers=args.workers)
     print(summary(results))
     console.print(f"fit of {len(results['channels'])} channels in {results['seconds']:.1f} s; outputs in {outdir}")
 
@@ -361,6 +363,8 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--ranking", type=int, help="rank the impacts of this many parameters (0: no ranking)")
     f.add_argument("--rebin", type=int, help="merge this many adjacent bins before fitting (default: the config's fit.rebin)")
     f.add_argument("--scan", action="store_true", help="expected limit for every signal mass (scan.json, brazil.png)")
+    f.add_argument("--workers", type=int, default=1,
+                   help="processes testing the points of the CLs limit scan (default: 1; same results)")
     f.add_argument("--no-plots", action="store_true", help="write no plots")
     f.set_defaults(func=cmd_fit)
     _spanet_commands(sub)

@@ -157,8 +157,9 @@ def _several_signals(inputs: FitInputs) -> None:
 
 
 def run_fit(run_dir: str | Path, outdir: str | Path, fit: FitConfig | None = None, signal: str | None = None,
-            plots: bool = True) -> dict[str, Any]:
-    """Fit one signal: write workspace.json, fit_results.json and the plots; returns the results."""
+            plots: bool = True, workers: int = 1) -> dict[str, Any]:
+    """Fit one signal: write workspace.json, fit_results.json and the plots; returns the results.
+    ``workers`` > 1: the CLs scan's points are tested by that many processes (the same results)."""
     start = time.perf_counter()
     inputs = load_inputs(run_dir, fit, signal)
     _several_signals(inputs)
@@ -171,7 +172,7 @@ def run_fit(run_dir: str | Path, outdir: str | Path, fit: FitConfig | None = Non
 
     try:
         results, model, fitted, ranked = inference.analyse(built.spec, built.observed, inputs.fit.confidence_level,
-                                                           inputs.fit.ranking if plots else 0)
+                                                           inputs.fit.ranking if plots else 0, workers)
     except (pyhf.exceptions.FailedMinimization, ValueError, AssertionError) as err:
         raise FitFailed(f"the fit of {outdir / 'workspace.json'} did not converge ({_reason(err)})") from None
     results = {
