@@ -122,3 +122,15 @@ def test_limit_scan_in_two_processes_gives_the_same_numbers():
     assert one["expected_limit"] == two["expected_limit"] and one["observed_limit"] == two["observed_limit"]
     assert one["limit_scan"] == two["limit_scan"] and one["limit_scan"]["converged_points"] >= 12
     assert 0 < one["expected_limit"]["minus2"] < one["expected_limit"]["median"] < one["expected_limit"]["plus2"]
+
+
+def test_crossings_interpolate_log_cls():
+    """An exponentially falling CLs curve on a coarse grid gives its exact 5% crossing; a curve below
+    alpha at the first point or above it at the last one gives -inf / +inf."""
+    mus = [1.0, 3.0, 5.0, 7.0]
+    by_mu = {mu: np.array([np.exp(-mu / 2.0), 0.5, 0.9]) for mu in mus}
+    exact = -2.0 * np.log(0.05)
+    crossings = inference._crossings(by_mu, 0.05)
+    assert crossings[0] == pytest.approx(exact, rel=1e-12)
+    assert crossings[1] == np.inf and crossings[2] == np.inf
+    assert inference._crossings({1.0: np.array([0.01]), 2.0: np.array([0.001])}, 0.05) == [-np.inf]

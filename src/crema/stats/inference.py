@@ -84,7 +84,8 @@ def limits(m: Model, observed: bool, confidence_level: float = 0.95, points: int
 
     A scan as pyhf's ``upper_limit`` does it: CLs (qtilde, asymptotic) at ``points`` values of ``mu``,
     each test giving the observed and the five expected CLs at once, and the crossings of 1 - CL
-    interpolated linearly. The scan spans 0.8 to 4.5 times the Asimov uncertainty ``sigma`` of ``mu``
+    interpolated linearly in log(CLs) (CLs falls about exponentially with ``mu``, so a coarse scan
+    interpolates well). The scan spans 0.5 to 4.5 times the Asimov uncertainty ``sigma`` of ``mu``
     (asymptotically the expected band at 95% CL runs from about 1.1 to 3.7 sigma) and is widened (at
     most three times) until every crossing lies between two tested points. A point whose fit does not
     converge (Minuit with its default strategy and then strategy 2, typically far above the limit where
@@ -96,7 +97,7 @@ def limits(m: Model, observed: bool, confidence_level: float = 0.95, points: int
     poi = m.model.config.poi_index
     bounds = [tuple(b) for b in m.model.config.suggested_bounds()]
     sigma = fit(m, observed=False).uncertainty[poi] if sigma is None else sigma
-    lo, hi = 0.8 * sigma, 4.5 * sigma
+    lo, hi = 0.5 * sigma, 4.5 * sigma
     alpha = 1.0 - confidence_level
     keys = ["expected", *(["observed"] if observed else [])]
     tested: dict[str, dict[float, np.ndarray]] = {k: {} for k in keys}
@@ -183,7 +184,7 @@ def scan_pool(m: Model, workers: int):
 
 
 def _crossings(by_mu: dict[float, np.ndarray], alpha: float) -> list[float]:
-    """Per CLs curve the mu where it falls through ``alpha``, linearly between converged points;
+    """Per CLs curve the mu where it falls through ``alpha``, linearly in log(CLs) between converged points;
     -inf when already below at the lowest point, +inf when still above at the highest (or no point)."""
     if not by_mu:
         return [np.inf]
@@ -199,8 +200,9 @@ def _crossings(by_mu: dict[float, np.ndarray], alpha: float) -> list[float]:
             out.append(np.inf)
             continue
         i = below[0]
-        x0, x1, y0, y1 = mus[i - 1], mus[i], curve[i - 1], curve[i]
-        out.append(float(x0 + (alpha - y0) * (x1 - x0) / (y1 - y0)))
+        x0, x1 = mus[i - 1], mus[i]
+        y0, y1 = np.log(curve[i - 1]), np.log(max(curve[i], 1e-300))  # curve[i - 1] >= alpha; curve[i] may be 0
+        out.append(float(x0 + (np.log(alpha) - y0) * (x1 - x0) / (y1 - y0)))
     return out
 
 
