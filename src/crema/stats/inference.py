@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import sys
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,11 +33,30 @@ def use_minuit(strategy: int | None = None) -> None:
     pyhf.set_backend("numpy", pyhf.optimize.minuit_optimizer(verbose=0, strategy=strategy))
 
 
-def _quiet(result):
-    """``result`` of a cabinetry call, with crema's quiet optimizer set again: cabinetry sets a verbose
-    Minuit on the backend, and Minuit's warnings from the CLs scan's far points would reach the terminal."""
-    use_minuit()
-    return result
+def _quiet(call, *args, **kwargs):
+    """``call(*args, **kwargs)`` (a cabinetry function) without Minuit's warnings on the terminal, and
+    crema's quiet optimizer set again afterwards.
+
+    cabinetry sets a verbose Minuit on the backend, and Minuit2 prints its warnings ("W MnPosDef Matrix
+    forced pos-def ...", about the fit's internal Hessian, not its result) from C++ to the process's
+    standard output: during the call that output goes to a temporary file, and all but those lines
+    are passed on."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 1)
+        try:
+            return call(*args, **kwargs)
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+            use_minuit()
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            kept = "".join(line for line in lines if not line.startswith("W "))
+            if kept:
+                sys.stdout.write(kept)
 
 
 @dataclass
@@ -64,14 +86,14 @@ class Model:
 
 def fit(m: Model, observed: bool) -> cabinetry.fit.FitResults:
     """Maximum-likelihood fit to the data (``observed``) or to the ``mu = 1`` Asimov dataset."""
-    return _quiet(cabinetry.fit.fit(m.model, m.data if observed else m.asimov_sb))
+    return _quiet(cabinetry.fit.fit, m.model, m.data if observed else m.asimov_sb)
 
 
 def significance(m: Model, observed: bool) -> dict[str, float]:
     """Expected (and with data, observed) discovery significance from the q0 test statistic."""
-    out = {"expected_significance": float(_quiet(cabinetry.fit.significance(m.model, m.asimov_sb)).observed_significance)}
+    out = {"expected_significance": float(_quiet(cabinetry.fit.significance, m.model, m.asimov_sb).observed_significance)}
     if observed:
-        out["observed_significance"] = float(_quiet(cabinetry.fit.significance(m.model, m.data)).observed_significance)
+        out["observed_significance"] = float(_quiet(cabinetry.fit.significance, m.model, m.data).observed_significance)
     return out
 
 
@@ -228,7 +250,7 @@ def parameters(m: Model, result: cabinetry.fit.FitResults) -> dict[str, dict[str
 
 def ranking(m: Model, result: cabinetry.fit.FitResults, observed: bool) -> cabinetry.fit.RankingResults:
     """cabinetry's impact ranking: the shift of ``mu_hat`` with each parameter at +-1 sigma pre- and post-fit."""
-    return _quiet(cabinetry.fit.ranking(m.model, m.data if observed else m.asimov_sb, fit_results=result))
+    return _quiet(cabinetry.fit.ranking, m.model, m.data if observed else m.asimov_sb, fit_results=result)
 
 
 def ranking_table(r: cabinetry.fit.RankingResults, top: int) -> list[dict[str, Any]]:
