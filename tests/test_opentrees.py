@@ -67,18 +67,22 @@ def test_a_file_changed_on_disk_is_read_again(tree_file):
     assert all(t is not tree for t in opentrees._TREES.values())
 
 
-def test_a_worker_reads_the_tree_once_then_reuses_it(tree_file):
+def test_a_worker_keeps_a_tree_it_is_asked_for_twice(tree_file):
     open_tree(tree_file, "Events")
     cache = pickle.loads(pickle.dumps(OpenTrees.of([tree_file])))  # as sent to a worker
     opentrees._TREES.clear()  # the worker's store starts empty
+    opentrees._MISSED.clear()
     with uproot.open(tree_file, object_cache=cache) as f:
         first = f["Events"]
-    assert first.file.closed  # coffea's handle, closed: the store keeps a tree of its own
-    assert len(opentrees._TREES) == 1
+    assert first.file.closed and not opentrees._TREES  # one chunk of a file: nothing read twice
     with uproot.open(tree_file, object_cache=cache) as f:
         second = f["Events"]
-    assert second is next(iter(opentrees._TREES.values()))
-    assert second["x"].array(library="np").sum() == 45
+    assert second.file.closed  # coffea's handle, closed: the store keeps a tree of its own
+    assert len(opentrees._TREES) == 1
+    with uproot.open(tree_file, object_cache=cache) as f:
+        third = f["Events"]
+    assert third is next(iter(opentrees._TREES.values()))
+    assert third["x"].array(library="np").sum() == 45
 
 
 def test_the_store_is_bounded(tmp_path):

@@ -26,6 +26,7 @@ MAX_OPEN = 8  # trees kept per process; the least recently used is dropped (its 
 _LOCK = threading.Lock()
 # (thread, path, size, mtime_ns, uproot cache key) -> tree attached to a handle opened here
 _TREES: OrderedDict[tuple, Any] = OrderedDict()
+_MISSED: dict[tuple, None] = {}  # keys of _TREES asked for and not here once (insertion order: oldest first)
 _UUIDS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> the file's UUID, for files opened here
 
 
@@ -113,10 +114,18 @@ class OpenTrees(MutableMapping):
             return _TREES[k]
 
     def __setitem__(self, key: str, value) -> None:
-        """A tree read by another handle (a worker's first chunk of a file): read it once more on a
-        handle kept open here, if the file on disk is still the one the run started with."""
+        """A tree read by another handle (a worker's chunk of a file it has not kept): the second time
+        this happens for a file, read it once more on a handle kept open here (a worker that gets a
+        single chunk of a file pays nothing extra), if the file is still the one the run started with."""
         k = self._key(key)
         if k is None or not isinstance(value, uproot.behaviors.TTree.TTree) or k in _TREES:
+            return
+        with _LOCK:
+            first = k not in _MISSED
+            _MISSED[k] = None
+            while len(_MISSED) > 10 * MAX_OPEN:
+                _MISSED.pop(next(iter(_MISSED)))
+        if first:
             return
         path = k[1]
         if _identity(path) != k[1:4]:
