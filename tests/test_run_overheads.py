@@ -164,3 +164,10 @@ def test_the_pre_run_heap_is_frozen_only_while_a_run_lasts(tmp_path):
         assert gc.get_freeze_count() > 0.9 * frozen  # not unfrozen by the run (a few frozen objects freed)
     finally:
         gc.unfreeze()
+
+
+def test_a_kept_tree_holds_no_arrays_or_mapped_pages(tree_file):
+    tree = open_tree(tree_file, "Events")
+    tree["x"].array()
+    assert tree.file.array_cache is None  # uproot's default keeps up to 100 MB of arrays per open file
+    assert not isinstance(tree.file.source, uproot.source.file.MemmapSource)  # pages read would stay resident

@@ -62,7 +62,10 @@ def open_tree(path: str, treename: str):
 
 def _open(path: str, treename: str, ident: tuple[str, int, int] | None):
     """The tree and the key uproot caches it under (the file's UUID and the tree's place in it)."""
-    f = uproot.open(path, object_cache=None)
+    # plain reads, no array cache: a memory map would keep every page read resident (RSS grows with
+    # each chunk read through the kept handle) and uproot's default array cache up to 100 MB per file
+    f = uproot.open(path, object_cache=None, array_cache=None, handler=uproot.source.file.MultithreadedFileSource,
+                    use_threads=False)
     try:
         key = f.key(treename)
         tree = key.get()
