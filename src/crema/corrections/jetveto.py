@@ -14,6 +14,7 @@ import numpy as np
 
 from crema.corrections import files
 from crema.physical import physical_kinematics
+from crema.selections.deltar import any_near
 from crema.schema import ConfigError
 
 VETO_INPUTS = {"type", "eta", "phi"}
@@ -59,7 +60,7 @@ class JetVeto:
         """Mask of the jets the veto map is applied to (JME's selection, see the module docstring)."""
         c = self.config
         pf_muons = muons[muons.isPFcand]
-        near_muon = ak.any(jets.metric_table(pf_muons) < c.muon_dr_min, axis=2)
+        near_muon = any_near(jets, pf_muons, c.muon_dr_min)
         # a jet with unphysical kinematics is dropped by every object selection, so it vetoes nothing
         return (physical_kinematics(jets) & (jets.pt > c.pt_min) & ((jets.jetId & c.jet_id_mask) == c.jet_id_mask)
                 & (jets.chEmEF + jets.neEmEF < c.em_fraction_max) & ~near_muon)

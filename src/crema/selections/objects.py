@@ -11,6 +11,7 @@ import awkward as ak
 from coffea.nanoevents.methods import candidate
 
 from crema.physical import physical_kinematics
+from crema.selections.deltar import all_far
 from crema.selections.config import ElectronCuts, JetCuts, MuonCuts
 
 
@@ -91,8 +92,8 @@ LEPTON_CLEANED = "lepton_cleaned"
 
 def lepton_cleaned(objects: ak.Array, leptons: ak.Array, dr_min: float) -> ak.Array:
     """Per object: every selected lepton of its event is at least ``dr_min`` away in (eta, phi)."""
-    # an object with no lepton nearby passes: ak.all over an empty lepton list is True
-    return ak.all(objects.metric_table(leptons) >= dr_min, axis=2)
+    # an object with no lepton nearby passes; flat numpy, the decisions of ak.all(metric_table >= dr_min)
+    return all_far(objects, leptons, dr_min)
 
 
 @_uses("Jet_pt", "Jet_eta", "Jet_phi", "Jet_mass", "Jet_jetId")

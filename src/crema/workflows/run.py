@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import lzma
@@ -35,6 +36,7 @@ from crema.histograms import io as store
 from crema.schema import ConfigError, from_dict
 from crema.workflows.config import Config, ExecutorConfig, JobQueue, expand_files
 from crema.workflows.errors import InputError, RunInterrupted  # noqa: F401 (part of this module's API)
+from crema.workflows.opentrees import OpenTrees, open_tree
 from crema.selections.jetid import resolve_needs, version_hint
 
 # processor name -> (options schema, how to build it from options and the whole config)
@@ -271,13 +273,12 @@ def preflight(config: Config, proc: processor.ProcessorABC) -> tuple[dict[str, A
         for path, treename in list(files.items()):
             entries = None
             try:
-                with uproot.open(path) as f:
-                    tree = f[treename]
-                    entries = tree.num_entries
-                    branches = set(tree.keys())
-                    size, end = f.file.source.num_bytes, f.file.fEND
-                    if size < end:  # the header says the file is longer than what is on disk
-                        raise OSError(f"file is truncated: {size} of {end} bytes present")
+                tree = open_tree(path, treename)  # kept open: coffea's opens per chunk reuse it
+                entries = tree.num_entries
+                branches = set(tree.keys())
+                size, end = tree.file.source.num_bytes, tree.file.fEND
+                if size < end:  # the header says the file is longer than what is on disk
+                    raise OSError(f"file is truncated: {size} of {end} bytes present")
             except Exception as err:
                 reason = _not_root(path) or f"{type(err).__name__}: {err}"
                 if not config.executor.skip_bad_files:
@@ -589,6 +590,7 @@ def run(config: Config, proc: processor.ProcessorABC | None = None, *, checkpoin
     report.timings["preflight"] = time.perf_counter() - start
 
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_frozen_heap())
         if checkpoint is None:
             checkpoint = stack.enter_context(tempfile.TemporaryDirectory(prefix="crema-checkpoint-"))
             resume, resumable = False, False
@@ -612,6 +614,21 @@ def run(config: Config, proc: processor.ProcessorABC | None = None, *, checkpoin
     return output, report
 
 
+@contextlib.contextmanager
+def _frozen_heap() -> Iterator[None]:
+    """Objects alive before the run (imported libraries, kept input trees: ~250k) are left out of the
+    garbage collector's full collections until it ends; each of those otherwise walks them all, about
+    0.15 s, several times a run (pool workers forked meanwhile inherit this)."""
+    if gc.get_freeze_count():  # frozen by the caller (or an enclosing run): theirs to undo
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def _run_chunks(config: Config, proc, fileset, report: RunReport, chunk_dir: Path,
                 runs_sums: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
     ex = config.executor
@@ -628,7 +645,9 @@ def _run_chunks(config: Config, proc, fileset, report: RunReport, chunk_dir: Pat
             chunksize=ex.chunksize,
             skipbadfiles=BAD_FILE_ERRORS if ex.skip_bad_files else False,
         )
-        chunks = sorted(runner.preprocess(fileset, treename="Events"), key=position)
+        # input trees read once per process, not once per chunk (see crema.workflows.opentrees)
+        uproot_options = {"object_cache": OpenTrees.of(f for d in fileset.values() for f in d["files"])}
+        chunks = sorted(runner.preprocess(fileset, treename="Events", uproot_options=uproot_options), key=position)
         file_entries: dict[str, int] = defaultdict(int)  # the chunks of a file cover all of its entries
         for c in chunks:
             file_entries[c.filename] += c.entrystop - c.entrystart
@@ -659,7 +678,7 @@ def _run_chunks(config: Config, proc, fileset, report: RunReport, chunk_dir: Pat
             # coffea warns once per chunk it skips; crema reports them together in RunReport
             warnings.filterwarnings("ignore", message="Skipping bad file")
             try:
-                acc = (runner(todo, wrapper, treename="Events") or {}) if todo else {}
+                acc = (runner(todo, wrapper, treename="Events", uproot_options=uproot_options) or {}) if todo else {}
             except Exception as err:
                 if not any(isinstance(e, BAD_FILE_ERRORS) for e in _chain(err)):
                     raise

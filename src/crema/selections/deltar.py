@@ -1,0 +1,50 @@
+"""Delta R between two collections of an event, on flat numpy: lepton cleaning and the jet-veto muon match.
+
+coffea's ``a.metric_table(b)`` builds the nested cartesian product of the two collections as awkward
+arrays and evaluates ``vector``'s delta R through awkward's broadcasting, about 30 ms per 50k events
+and call. Here the same pairs are indexed on the flat values and the same numpy operations run in the
+same order and dtypes (``vector``: ``sqrt(rectify(phi1 - phi2) ** 2 + (eta1 - eta2) ** 2)`` with
+``rectify(x) = (x + pi) % (2 pi) - pi``), so every distance, and every decision, is bit for bit the one
+``metric_table`` gives.
+"""
+
+from __future__ import annotations
+
+import awkward as ak
+import numpy as np
+
+
+def _flat(values: ak.Array) -> np.ndarray:
+    return np.asarray(ak.to_numpy(ak.flatten(values, axis=1)))
+
+
+def delta_r_pairs(a: ak.Array, b: ak.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (a-object, b-object) pair of each event: ``(objects of a per event, a-object of each pair
+    (index into a's flat objects), delta R of each pair)``; pairs ordered as ``a.metric_table(b)``."""
+    na = np.asarray(ak.to_numpy(ak.num(a, axis=1)), dtype=np.int64)
+    nb = np.asarray(ak.to_numpy(ak.num(b, axis=1)), dtype=np.int64)
+    partners = np.repeat(nb, na)  # b-objects in the event of each a-object
+    ia = np.repeat(np.arange(partners.size), partners)
+    first_b = np.repeat(np.cumsum(nb) - nb, na)  # per a-object: its event's first b-object
+    first_pair = np.cumsum(partners) - partners  # per a-object: its first pair
+    ib = np.repeat(first_b - first_pair, partners) + np.arange(ia.size)
+    phi = np.subtract(_flat(a.phi)[ia], _flat(b.phi)[ib])
+    dphi = np.subtract(np.remainder(np.add(phi, np.pi), 2 * np.pi), np.pi)
+    deta = np.subtract(_flat(a.eta)[ia], _flat(b.eta)[ib])
+    return na, ia, np.sqrt(np.add(np.power(dphi, 2), np.power(deta, 2)))
+
+
+def all_far(a: ak.Array, b: ak.Array, dr_min: float) -> ak.Array:
+    """Per a-object: every b-object of its event is at least ``dr_min`` away
+    (``ak.all(a.metric_table(b) >= dr_min, axis=2)``: a NaN distance is not far; no b-object: True)."""
+    na, ia, dr = delta_r_pairs(a, b)
+    failed = np.bincount(ia[~(dr >= dr_min)], minlength=int(na.sum()))
+    return ak.unflatten(failed == 0, na)
+
+
+def any_near(a: ak.Array, b: ak.Array, dr_max: float) -> ak.Array:
+    """Per a-object: some b-object of its event is closer than ``dr_max``
+    (``ak.any(a.metric_table(b) < dr_max, axis=2)``)."""
+    na, ia, dr = delta_r_pairs(a, b)
+    near = np.bincount(ia[dr < dr_max], minlength=int(na.sum()))
+    return ak.unflatten(near > 0, na)

@@ -1,0 +1,154 @@
+"""Input trees kept open per process, so a file's branch metadata is read once per run, not once per chunk.
+
+coffea opens the input file again for every chunk (and once more to preprocess it), and uproot then
+deserialises the whole ``TTree`` with all its ``TBranch`` objects each time: 0.1 s CPU for a generated
+NanoAOD file of 278 branches (a full NanoAOD has ~1,500), as much as processing 5-10k events. :class:`OpenTrees` is handed to those ``uproot.open`` calls
+as their ``object_cache`` (an uproot option): a tree of an input file is then read once per process and
+thread, attached to a file handle kept open here, and later opens of that file take it from here.
+
+A cached tree is only returned for the file it was read from: entries are keyed by path, size and
+modification time as well as by uproot's key (the file's UUID, which a copied file shares with its
+original), and only for the files of the current run (:meth:`OpenTrees.of`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, MutableMapping
+from typing import Any
+
+import uproot
+
+MAX_OPEN = 8  # trees kept per process; the least recently used is dropped (its file closes with it)
+
+_LOCK = threading.Lock()
+# (thread, path, size, mtime_ns, uproot cache key) -> tree attached to a handle opened here
+_TREES: OrderedDict[tuple, Any] = OrderedDict()
+_MISSED: dict[tuple, None] = {}  # keys of _TREES asked for and not here once (insertion order: oldest first)
+_UUIDS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> the file's UUID, for files opened here
+
+
+def _identity(path: str) -> tuple[str, int, int] | None:
+    """(path, size, mtime_ns) of a local file; None for a remote one (not kept open here)."""
+    if "://" in path:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return path, st.st_size, st.st_mtime_ns
+
+
+def _keep(ident: tuple[str, int, int], cache_key: str, tree) -> tuple:
+    key = (threading.get_ident(), *ident, cache_key)
+    with _LOCK:
+        _TREES[key] = tree
+        _TREES.move_to_end(key)
+        _UUIDS[ident] = tree.file.hex_uuid
+        while len(_TREES) > MAX_OPEN:
+            _TREES.popitem(last=False)
+    return key
+
+
+def open_tree(path: str, treename: str):
+    """``uproot.open(path)[treename]``, its file left open and the tree kept for later opens of ``path``
+    in this run (see :class:`OpenTrees`). The caller does not close it."""
+    ident = _identity(path)
+    tree, _ = _open(path, treename, ident)
+    return tree
+
+
+def _open(path: str, treename: str, ident: tuple[str, int, int] | None):
+    """The tree and the key uproot caches it under (the file's UUID and the tree's place in it)."""
+    # plain reads, no array cache: a memory map would keep every page read resident (RSS grows with
+    # each chunk read through the kept handle) and uproot's default array cache up to 100 MB per file
+    f = uproot.open(path, object_cache=None, array_cache=None, handler=uproot.source.file.MultithreadedFileSource,
+                    use_threads=False)
+    try:
+        key = f.key(treename)
+        tree = key.get()
+    except BaseException:
+        f.close()
+        raise
+    if ident is not None and isinstance(tree, uproot.behaviors.TTree.TTree):
+        _keep(ident, key.cache_key, tree)
+    return tree, key.cache_key
+
+
+class OpenTrees(MutableMapping):
+    """uproot ``object_cache`` returning the trees of this run's input files from handles kept open.
+
+    ``files`` maps a file's UUID to (path, size, mtime_ns); a UUID two input files share is left out
+    (nothing of those files is cached). Other objects are not cached. Pickles to its ``files`` only,
+    so dask and process-pool workers fill their own store.
+    """
+
+    def __init__(self, files: dict[str, tuple[str, int, int]]) -> None:
+        self.files = dict(files)
+
+    @classmethod
+    def of(cls, paths: Iterable[str]) -> OpenTrees:
+        """The cache for a run over ``paths``: the UUIDs of those opened with :func:`open_tree`."""
+        by_uuid: dict[str, list[tuple[str, int, int]]] = {}
+        for path in dict.fromkeys(paths):
+            ident = _identity(path)
+            uuid = _UUIDS.get(ident) if ident is not None else None
+            if uuid is not None:
+                by_uuid.setdefault(uuid, []).append(ident)
+        return cls({u: idents[0] for u, idents in by_uuid.items() if len(idents) == 1})
+
+    def __reduce__(self):
+        return type(self), (self.files,)
+
+    def _key(self, key: str) -> tuple | None:
+        ident = self.files.get(key.split(":", 1)[0]) if isinstance(key, str) else None
+        return None if ident is None else (threading.get_ident(), *ident, key)
+
+    def __getitem__(self, key: str):
+        k = self._key(key)
+        if k is not None and _identity(k[1]) != k[1:4]:  # changed on disk since the run started
+            k = None
+        with _LOCK:
+            if k is None or k not in _TREES:
+                raise KeyError(key)
+            _TREES.move_to_end(k)
+            return _TREES[k]
+
+    def __setitem__(self, key: str, value) -> None:
+        """A tree read by another handle (a worker's chunk of a file it has not kept): the second time
+        this happens for a file, read it once more on a handle kept open here (a worker that gets a
+        single chunk of a file pays nothing extra), if the file is still the one the run started with."""
+        k = self._key(key)
+        if k is None or not isinstance(value, uproot.behaviors.TTree.TTree) or k in _TREES:
+            return
+        with _LOCK:
+            first = k not in _MISSED
+            _MISSED[k] = None
+            while len(_MISSED) > 10 * MAX_OPEN:
+                _MISSED.pop(next(iter(_MISSED)))
+        if first:
+            return
+        path = k[1]
+        if _identity(path) != k[1:4]:
+            return
+        _, kept = _open(path, value.object_path, k[1:4])
+        if kept != key:  # replaced since the run started: not the file of this run
+            _drop((threading.get_ident(), *k[1:4], kept))
+
+    def __delitem__(self, key: str) -> None:
+        k = self._key(key)
+        if k is not None:
+            _drop(k)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([])
+
+    def __len__(self) -> int:
+        return 0
+
+
+def _drop(k: tuple) -> None:
+    with _LOCK:
+        _TREES.pop(k, None)

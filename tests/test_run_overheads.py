@@ -1,0 +1,173 @@
+"""Fixed per-run and per-chunk costs: input trees kept open (reused only for the very file they were read
+from) and the garbage collector leaving the pre-run heap alone."""
+
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+import uproot
+
+from crema.workflows import opentrees
+from crema.workflows.opentrees import OpenTrees, open_tree
+
+
+@pytest.fixture
+def tree_file(tmp_path):
+    path = tmp_path / "a.root"
+    with uproot.recreate(path) as f:
+        f.mktree("Events", {"x": np.float64})
+        f["Events"].extend({"x": np.arange(10, dtype=np.float64)})
+    return str(path)
+
+
+@pytest.fixture(autouse=True)
+def empty_store():
+    opentrees._TREES.clear()
+    yield
+    opentrees._TREES.clear()
+
+
+def test_a_second_open_of_the_file_takes_the_kept_tree(tree_file):
+    kept = open_tree(tree_file, "Events")
+    with uproot.open(tree_file, object_cache=OpenTrees.of([tree_file])) as f:
+        tree = f["Events"]
+    assert tree is kept
+    # read after that handle closed: the kept tree reads through its own open handle
+    assert tree["x"].array(library="np").tolist() == list(range(10))
+
+
+def test_a_copy_with_the_same_uuid_gets_its_own_tree(tree_file, tmp_path):
+    copy = str(tmp_path / "copy.root")
+    shutil.copy(tree_file, copy)
+    open_tree(tree_file, "Events")
+    open_tree(copy, "Events")
+    with uproot.open(copy) as f, uproot.open(tree_file) as g:
+        assert f.file.hex_uuid == g.file.hex_uuid
+    # both in one run: their shared UUID cannot tell them apart, so neither is cached
+    both = OpenTrees.of([tree_file, copy])
+    assert both.files == {}
+    with uproot.open(copy, object_cache=both) as f:
+        assert f["Events"].file.file_path == copy
+    # the copy alone: its own tree, never the original's
+    with uproot.open(copy, object_cache=OpenTrees.of([copy])) as f:
+        tree = f["Events"]
+    assert tree.file.file_path == copy and not tree.file.closed
+
+
+def test_a_file_changed_on_disk_is_read_again(tree_file):
+    open_tree(tree_file, "Events")
+    cache = OpenTrees.of([tree_file])
+    st = os.stat(tree_file)
+    os.utime(tree_file, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with uproot.open(tree_file, object_cache=cache) as f:
+        tree = f["Events"]
+    assert all(t is not tree for t in opentrees._TREES.values())
+
+
+def test_a_worker_keeps_a_tree_it_is_asked_for_twice(tree_file):
+    open_tree(tree_file, "Events")
+    cache = pickle.loads(pickle.dumps(OpenTrees.of([tree_file])))  # as sent to a worker
+    opentrees._TREES.clear()  # the worker's store starts empty
+    opentrees._MISSED.clear()
+    with uproot.open(tree_file, object_cache=cache) as f:
+        first = f["Events"]
+    assert first.file.closed and not opentrees._TREES  # one chunk of a file: nothing read twice
+    with uproot.open(tree_file, object_cache=cache) as f:
+        second = f["Events"]
+    assert second.file.closed  # coffea's handle, closed: the store keeps a tree of its own
+    assert len(opentrees._TREES) == 1
+    with uproot.open(tree_file, object_cache=cache) as f:
+        third = f["Events"]
+    assert third is next(iter(opentrees._TREES.values()))
+    assert third["x"].array(library="np").sum() == 45
+
+
+def test_the_store_is_bounded(tmp_path):
+    paths = []
+    for i in range(opentrees.MAX_OPEN + 3):
+        path = tmp_path / f"f{i}.root"
+        with uproot.recreate(path) as f:
+            f.mktree("Events", {"x": np.float64})
+        paths.append(str(path))
+        open_tree(paths[-1], "Events")
+    assert len(opentrees._TREES) == opentrees.MAX_OPEN
+    kept = {k[1] for k in opentrees._TREES}
+    assert kept == set(paths[-opentrees.MAX_OPEN:])
+
+
+def test_a_run_reads_each_input_tree_once(tmp_path, monkeypatch):
+    """coffea opens the file once to preprocess and once per chunk: all of them take the tree
+    preflight read (a miss would store a tree read by another handle)."""
+    from conftest import REAL_NANO
+    from test_run import write_config
+
+    from crema.workflows.config import load_config
+    from crema.workflows.run import run
+
+    misses = []
+    store = OpenTrees.__setitem__
+    monkeypatch.setattr(OpenTrees, "__setitem__", lambda self, k, v: (misses.append(k), store(self, k, v)))
+    reference, _ = run(load_config(write_config(tmp_path, [REAL_NANO], chunksize=64, maxchunks=3)))
+    assert misses == []
+    # the same run with every tree read anew (nothing kept) gives the same histograms
+    opentrees._TREES.clear()
+    monkeypatch.setattr(opentrees, "_keep", lambda ident, key, tree: None)
+    again, report = run(load_config(write_config(tmp_path, [REAL_NANO], chunksize=64, maxchunks=3)))
+    assert report.processed_chunks == 3 and not opentrees._TREES
+    assert reference["cutflow"] == again["cutflow"] and reference["histograms"].keys() == again["histograms"].keys()
+    for name, h in reference["histograms"].items():
+        assert np.array_equal(h.values(flow=True), again["histograms"][name].values(flow=True)), name
+        assert np.array_equal(h.variances(flow=True), again["histograms"][name].variances(flow=True)), name
+
+
+FREEZE_COUNTS: list[int] = []
+
+
+def _recording(proc):
+    """``proc`` recording gc's freeze count per chunk (a module-level class: coffea pickles the
+    processor by reference for each chunk, so the records land in FREEZE_COUNTS)."""
+    global Recording
+
+    class Recording(type(proc)):
+        def process(self, events):
+            FREEZE_COUNTS.append(gc.get_freeze_count())
+            return super().process(events)
+
+    Recording.__qualname__ = "Recording"
+    proc.__class__ = Recording
+    return proc
+
+
+def test_the_pre_run_heap_is_frozen_only_while_a_run_lasts(tmp_path):
+    from conftest import REAL_NANO
+    from test_run import write_config
+
+    from crema.workflows.config import load_config
+    from crema.workflows.run import build_processor, run
+
+    config = load_config(write_config(tmp_path, [REAL_NANO], chunksize=64, maxchunks=1))
+    proc = _recording(build_processor(config))
+    assert gc.get_freeze_count() == 0
+    run(config, proc)
+    assert FREEZE_COUNTS and FREEZE_COUNTS[0] > 1000  # the imported libraries at least
+    assert gc.get_freeze_count() == 0
+    # a caller's own freeze is left as it is
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        run(config, proc)
+        assert gc.get_freeze_count() > 0.9 * frozen  # not unfrozen by the run (a few frozen objects freed)
+    finally:
+        gc.unfreeze()
+
+
+def test_a_kept_tree_holds_no_arrays_or_mapped_pages(tree_file):
+    tree = open_tree(tree_file, "Events")
+    tree["x"].array()
+    assert tree.file.array_cache is None  # uproot's default keeps up to 100 MB of arrays per open file
+    assert not isinstance(tree.file.source, uproot.source.file.MemmapSource)  # pages read would stay resident
