@@ -123,12 +123,16 @@ def run_and_write(config: Config, outdir: Path, plots: bool = True, resume: bool
 
             from crema.workflows.plots import plot_all
 
-            # plots are drawn in a second process while this one writes the ROOT file (both take
-            # tens of seconds with all systematics); spawn, as forking a process with threads is unsafe
-            pool = stack.enter_context(ProcessPoolExecutor(1, mp_context=get_context("spawn")))
+            # plots are drawn by other processes while this one writes the ROOT file (both take tens
+            # of seconds with all systematics), the observables shared out between as many processes as
+            # the run had workers; spawn, as forking a process with threads is unsafe
+            observables = [o for o in output["histograms"]
+                           if config.plots.observables is None or o in config.plots.observables]
+            workers = max(1, min(len(observables), config.executor.workers if config.executor.name != "iterative" else 1))
+            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=get_context("spawn")))
             plots_start = time.perf_counter()
-            drawn = pool.submit(plot_all, output, config.samples, outdir / "plots",
-                                config.plots.regions, config.plots.observables, style)
+            drawn = [pool.submit(plot_all, output, config.samples, outdir / "plots", config.plots.regions,
+                                 observables[i::workers], style) for i in range(workers)]
         outputs_start = time.perf_counter()
         paths = write_outputs(output, config.samples, outdir, order=list(config.samples), style=style)
         if "eft_histograms" in output:
@@ -142,7 +146,8 @@ def run_and_write(config: Config, outdir: Path, plots: bool = True, resume: bool
         paths["report"] = write_report(report.to_dict(), outdir)
         if drawn is not None:
             update("drawing plots")
-            drawn.result()
+            for part in drawn:
+                part.result()
             report.timings["plots"] = time.perf_counter() - plots_start
             write_report(report.to_dict(), outdir)
         update("writing report.html")
