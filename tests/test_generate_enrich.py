@@ -265,9 +265,12 @@ def test_adjacent_slices_add_up_to_the_process(tmp_path):
     assert 0.001 < high.mean() < 0.2
     fractions = []
     for name, f in (("low", GeneratorFilter(system_pt_max=150.0)), ("high", GeneratorFilter(system_pt=150.0))):
-        runs, w, _ = _read(write_nanoaod(tmp_path / f"{name}.root", "wjets", 300, seed=23,
-                                         enrich=Enrichment(f, negative_weights=False)))
+        path = write_nanoaod(tmp_path / f"{name}.root", "wjets", 300, seed=23, enrich=Enrichment(f, negative_weights=False))
+        runs, w, _ = _read(path)
         fractions.append(w.sum() / runs["genEventSumw"][0])
+        with uproot.open(path) as file:  # event numbers unique, also across blocks of different sizes
+            event = file["Events"]["event"].array(library="np")
+        assert np.all(np.diff(event.astype(np.int64)) > 0)
     assert fractions[0] == pytest.approx(1.0 - high.mean(), abs=0.02)
     assert fractions[1] == pytest.approx(high.mean(), rel=0.3)
     with pytest.raises(ConfigError, match="system_pt_max: must be above system_pt"):

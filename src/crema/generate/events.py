@@ -28,6 +28,7 @@ from .schema import COLLECTIONS, COUNTER_TYPE, EMPTY_COLLECTIONS, SCALARS, WEIGH
 from .trigger import triggers
 
 BLOCK_SIZE = 10_000  # events per independent RNG block
+MAX_ATTEMPTED = 200_000  # hard events attempted at most in one block of a filtered sample (~0.3 GB)
 EVENTS_PER_LUMI = 1000
 MIN_X_MASS = 260.0  # X -> HH needs m_X > 2 m_H (plus room for the H line shape)
 
@@ -81,7 +82,7 @@ def block_rng(seed: int, process: str, block: int, stream: int = 0) -> np.random
 
 def generate_block(process: str, n: int, *, seed: int, block: int, mass: float, pfnano: bool = False,
                    theory_weights: bool = True, data: bool = False, enrich: Enrichment | None = None,
-                   max_keep: int | None = None) -> Block:
+                   max_keep: int | None = None, first: int | None = None) -> Block:
     """Generate events [block * BLOCK_SIZE, block * BLOCK_SIZE + n) of a process.
 
     With ``pfnano`` the PFNano tables are added from their own random stream, so
@@ -91,10 +92,11 @@ def generate_block(process: str, n: int, *, seed: int, block: int, mass: float, 
     ``enrich`` (:mod:`crema.generate.enrich`): the ``n`` hard events are attempted and only those
     passing the filter/bias are simulated further, at most ``max_keep`` of them (the attempted
     events then end with the last kept one); ``Block.generated`` counts the attempted events.
+    ``first``: the index of the block's first event (default ``block * BLOCK_SIZE``).
     """
     spec = PROCESS_SPECS[process]
     rng = block_rng(seed, process, block)
-    first = block * BLOCK_SIZE
+    first = block * BLOCK_SIZE if first is None else first
 
     hard = generate_hard(spec, rng, n, mass, isr_mean=enrich.isr_mean if enrich else None)
     index = np.arange(first, first + n, dtype=np.uint64)
@@ -247,17 +249,22 @@ def _enriched_blocks(process: str, n_events: int, *, seed: int, mass: float, pfn
                      enrich: Enrichment):
     kept = attempted = 0
     block = 0
+    size = BLOCK_SIZE
     while kept < n_events:
         # nothing kept after 10 / MIN_EFFICIENCY attempts: the efficiency is below MIN_EFFICIENCY (chance e^-10
         # otherwise), whatever n_events asks for; some kept: stop once the average falls below it
         if attempted >= (10 if kept == 0 else max(n_events, 1)) / MIN_EFFICIENCY:
             raise ValueError(f"generator filter/bias of {process}: {kept} of {attempted} attempted events passed "
                              f"(efficiency below {MIN_EFFICIENCY:g}); loosen the filter")
-        out = generate_block(process, BLOCK_SIZE, seed=seed, block=block, mass=mass, pfnano=pfnano,
-                             theory_weights=theory_weights, enrich=enrich, max_keep=n_events - kept)
+        out = generate_block(process, size, seed=seed, block=block, mass=mass, pfnano=pfnano,
+                             theory_weights=theory_weights, enrich=enrich, max_keep=n_events - kept, first=attempted)
         kept += out.n
         attempted += int(out.generated[0])
         block += 1
+        # a filter keeping few events (a slice of a process) attempts more hard events per block, aiming at
+        # BLOCK_SIZE kept ones: the detector simulation's cost per block would otherwise dominate
+        if kept:
+            size = int(min(MAX_ATTEMPTED, max(BLOCK_SIZE, BLOCK_SIZE * attempted / kept)))
         yield out  # also when nothing passed: its attempted events count in the normalisation
 
 
