@@ -171,3 +171,28 @@ def test_a_kept_tree_holds_no_arrays_or_mapped_pages(tree_file):
     tree["x"].array()
     assert tree.file.array_cache is None  # uproot's default keeps up to 100 MB of arrays per open file
     assert not isinstance(tree.file.source, uproot.source.file.MemmapSource)  # pages read would stay resident
+
+
+def _forked_lookup(path, key, queue):
+    """In a forked child: whether the parent's kept tree is found under the same cache key."""
+    try:
+        OpenTrees.of([path])[key]
+        queue.put("found")
+    except KeyError:
+        queue.put("missing")
+
+
+def test_a_forked_worker_does_not_use_the_parents_handle(tree_file):
+    """A process forked after the parent kept a tree must open its own: two processes reading through
+    one inherited file descriptor share its offset and read each other's bytes."""
+    import multiprocessing
+
+    kept = open_tree(tree_file, "Events")
+    key = next(k[-1] for k in opentrees._TREES if k[1] == tree_file)
+    assert OpenTrees.of([tree_file])[key] is kept  # this process finds it
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_forked_lookup, args=(tree_file, key, queue))
+    child.start()
+    child.join(60)
+    assert queue.get(timeout=10) == "missing"

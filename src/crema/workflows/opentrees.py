@@ -24,10 +24,17 @@ import uproot
 MAX_OPEN = 8  # trees kept per process; the least recently used is dropped (its file closes with it)
 
 _LOCK = threading.Lock()
-# (thread, path, size, mtime_ns, uproot cache key) -> tree attached to a handle opened here
+# ((process, thread), path, size, mtime_ns, uproot cache key) -> tree attached to a handle opened here
 _TREES: OrderedDict[tuple, Any] = OrderedDict()
 _MISSED: dict[tuple, None] = {}  # keys of _TREES asked for and not here once (insertion order: oldest first)
 _UUIDS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> the file's UUID, for files opened here
+
+
+def _owner() -> tuple[int, int]:
+    """The process and thread a kept handle belongs to. The process matters: a worker forked from the
+    process that kept a handle inherits it, and two processes reading through one file descriptor
+    share its offset (each read seeks, then reads: interleaved, they read each other's bytes)."""
+    return os.getpid(), threading.get_ident()
 
 
 def _identity(path: str) -> tuple[str, int, int] | None:
@@ -42,7 +49,7 @@ def _identity(path: str) -> tuple[str, int, int] | None:
 
 
 def _keep(ident: tuple[str, int, int], cache_key: str, tree) -> tuple:
-    key = (threading.get_ident(), *ident, cache_key)
+    key = (_owner(), *ident, cache_key)
     with _LOCK:
         _TREES[key] = tree
         _TREES.move_to_end(key)
@@ -104,7 +111,7 @@ class OpenTrees(MutableMapping):
 
     def _key(self, key: str) -> tuple | None:
         ident = self.files.get(key.split(":", 1)[0]) if isinstance(key, str) else None
-        return None if ident is None else (threading.get_ident(), *ident, key)
+        return None if ident is None else (_owner(), *ident, key)
 
     def __getitem__(self, key: str):
         k = self._key(key)
@@ -135,7 +142,7 @@ class OpenTrees(MutableMapping):
             return
         _, kept = _open(path, value.object_path, k[1:4])
         if kept != key:  # replaced since the run started: not the file of this run
-            _drop((threading.get_ident(), *k[1:4], kept))
+            _drop((_owner(), *k[1:4], kept))
 
     def __delitem__(self, key: str) -> None:
         k = self._key(key)
