@@ -83,7 +83,7 @@ def block_rng(seed: int, process: str, block: int, stream: int = 0) -> np.random
 def generate_block(process: str, n: int, *, seed: int, block: int, mass: float, pfnano: bool = False,
                    theory_weights: bool = True, data: bool = False, enrich: Enrichment | None = None,
                    max_keep: int | None = None, first: int | None = None) -> Block:
-    """Generate events [block * BLOCK_SIZE, block * BLOCK_SIZE + n) of a process.
+    """Generate events [first, first + n) of a process (``first``: ``block * BLOCK_SIZE`` by default).
 
     With ``pfnano`` the PFNano tables are added from their own random stream, so
     that every other branch is the same as without. ``theory_weights``: write
@@ -92,7 +92,6 @@ def generate_block(process: str, n: int, *, seed: int, block: int, mass: float, 
     ``enrich`` (:mod:`crema.generate.enrich`): the ``n`` hard events are attempted and only those
     passing the filter/bias are simulated further, at most ``max_keep`` of them (the attempted
     events then end with the last kept one); ``Block.generated`` counts the attempted events.
-    ``first``: the index of the block's first event (default ``block * BLOCK_SIZE``).
     """
     spec = PROCESS_SPECS[process]
     rng = block_rng(seed, process, block)

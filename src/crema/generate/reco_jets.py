@@ -15,9 +15,9 @@ documented in docs/generator.md.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from statistics import NormalDist
 
 import numpy as np
+from scipy.special import ndtr, ndtri
 
 from . import response as resp
 from .enrich import TagBias
@@ -60,8 +60,6 @@ def _logit_normal(rng, params: np.ndarray, cls: np.ndarray, z: np.ndarray | None
         noise = corr * z + np.sqrt(1.0 - corr**2) * noise
     return sigmoid(params[cls, 0] + params[cls, 1] * noise)
 
-
-_NORMAL = NormalDist()
 
 # ----------------------------------------------------------------------- GenJets
 
@@ -300,11 +298,11 @@ def _tag_biased(rng, noise: np.ndarray, cls: np.ndarray, eligible: np.ndarray, b
     the tail above the working point of their class; and each jet's density ratio (law / mixture)."""
     # the working point in each class's standard-normal noise: logit(score) = mean + sd * noise
     z_min = (logit(np.float64(bias.score_min)) - B_LOGIT[:, 0]) / B_LOGIT[:, 1]
-    above = np.array([_NORMAL.cdf(-z) for z in z_min])  # P(noise > z_min) per class
+    above = ndtr(-z_min)  # P(noise > z_min) per class
     pick = eligible & (rng.uniform(size=cls.size) < bias.share)
     u = rng.uniform(size=int(pick.sum()))
     # the tail's inverse CDF from the upper side (exact for small tail probabilities)
-    tail = -np.array([_NORMAL.inv_cdf(p) for p in np.clip(u * above[cls[pick]], 1e-300, None)])
+    tail = -ndtri(np.clip(u * above[cls[pick]], 1e-300, None))
     noise = noise.copy()
     noise[pick] = np.maximum(tail, z_min[cls[pick]])
     tagged = noise > z_min[cls]

@@ -128,7 +128,7 @@ def run_and_write(config: Config, outdir: Path, plots: bool = True, resume: bool
             # the run had workers; spawn, as forking a process with threads is unsafe
             observables = [o for o in output["histograms"]
                            if config.plots.observables is None or o in config.plots.observables]
-            workers = max(1, min(len(observables), config.executor.workers if config.executor.name != "iterative" else 1))
+            workers = max(1, min(len(observables), config.executor.local_processes))
             pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=get_context("spawn")))
             plots_start = time.perf_counter()
             drawn = [pool.submit(plot_all, output, config.samples, outdir / "plots", config.plots.regions,
@@ -186,9 +186,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
         console.print(f"fitting {config.fit.observable} in {', '.join(config.fit.regions)} (crema fit) ...")
         try:
-            workers = config.executor.workers if config.executor.name != "iterative" else 1
-            print(result_block(run_fit(outdir, outdir / "fit", config.fit, plots=not args.no_plots, workers=workers),
-                               outdir / "fit"))
+            print(result_block(run_fit(outdir, outdir / "fit", config.fit, plots=not args.no_plots,
+                                       workers=config.executor.local_processes), outdir / "fit"))
         except FitFailed as err:  # the run's outputs are complete; small --scale samples may not give a limit
             console.print(f"the demo's fit gave no result: {err}. The run's outputs in {outdir} are complete; "
                           f"with --scale {args.scale:g} the samples may be too small (at --scale 0.5 it converged).")

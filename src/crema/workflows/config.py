@@ -116,6 +116,12 @@ class ExecutorConfig:
         if (self.scheduler or self.jobqueue) and self.name != "dask":
             raise ConfigError("name: scheduler/jobqueue settings need the dask executor")
 
+    @property
+    def local_processes(self) -> int:
+        """Processes this machine may use beside the run (generating samples, plots, the fit's scan):
+        the executor's workers, one with the iterative executor."""
+        return 1 if self.name == "iterative" else self.workers
+
 
 @dataclass(frozen=True)
 class ProcessorConfig:

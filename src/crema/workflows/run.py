@@ -204,7 +204,7 @@ def generate_inputs(config: Config, directory: str | Path, scale: float = 1.0, l
             todo.append((n, path, g))
         datasets.append(replace(d, files=[str(path)], generate=replace(g, events=n)))
     todo.sort(key=lambda job: -job[0])
-    workers = min(len(todo), config.executor.workers if config.executor.name != "iterative" else 1)
+    workers = min(len(todo), config.executor.local_processes)
     if workers > 1:
         from concurrent.futures import ProcessPoolExecutor
         from multiprocessing import get_context
