@@ -268,13 +268,17 @@ class JetCorrector:
         sigma = self._evaluate(cfg.jer_resolution, values)
         gen_pt, dr = _matched_gen(events, jets, cfg, flat)
         matched = (dr < 0.5 * cfg.cone_size) & (np.abs(flat.pt_jec - gen_pt) < 3.0 * sigma * flat.pt_jec)
-        n_events = len(flat.counts)
-        event_of_jet = np.repeat(np.arange(n_events), flat.counts)
+        # random numbers only for the jets smeared stochastically (the unmatched ones): each number is a
+        # function of (run, lumi, event, jet index), so drawing fewer changes none of them
+        stochastic_jets = np.flatnonzero(~matched)
+        event_of_jet = np.repeat(np.arange(len(flat.counts)), flat.counts)[stochastic_jets]
         starts = np.cumsum(flat.counts) - flat.counts
-        index = np.arange(len(event_of_jet), dtype=np.int64) - starts[event_of_jet]  # the jet's place in its event
-        z = standard_normal(np.asarray(ak.to_numpy(events.run))[event_of_jet],
-                            np.asarray(ak.to_numpy(events.luminosityBlock))[event_of_jet],
-                            np.asarray(ak.to_numpy(events.event))[event_of_jet], index, _STREAMS[self.section])
+        index = stochastic_jets - starts[event_of_jet]  # the jet's place in its event
+        z = np.zeros(len(matched))
+        z[stochastic_jets] = standard_normal(np.asarray(ak.to_numpy(events.run))[event_of_jet],
+                                             np.asarray(ak.to_numpy(events.luminosityBlock))[event_of_jet],
+                                             np.asarray(ak.to_numpy(events.event))[event_of_jet], index,
+                                             _STREAMS[self.section])
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # unphysical jets give NaN/inf here
             energy = np.hypot(flat.pt_jec * np.cosh(flat.eta), flat.mass_jec)
             rel_gen = np.where(matched, (flat.pt_jec - gen_pt) / flat.pt_jec, 0.0)
