@@ -129,7 +129,12 @@ def measure_run(config_path: str, executor: str, workers: int, options: dict | N
     if executor == "dask":
         from distributed import Client, LocalCluster
 
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        from crema.workflows import run as run_module
+
+        if hasattr(run_module, "local_cluster"):  # the cluster `crema run --executor dask` starts
+            cluster = run_module.local_cluster(workers)
+        else:  # an older crema tree (--before)
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
         client = Client(cluster)
         config = config.with_executor(name="dask", scheduler=cluster.scheduler_address)
     else:

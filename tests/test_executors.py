@@ -78,3 +78,27 @@ def test_demo_and_dask_rerun(tmp_path):
     assert cli(["run", str(demo / "config.yaml"), "--executor", "dask", "--workers", "2", "-o", str(again),
                 "--no-plots", "--no-progress"]) == 0
     assert_same_output(load(demo / "output.coffea"), load(again / "output.coffea"))
+
+
+def test_dask_spreads_chunks_over_its_workers(config_path, iterative):
+    """coffea makes every chunk depend on one task holding the processor; with few chunks per worker dask
+    would run them all on the worker that has it, leaving the others to work stealing."""
+    import dask
+    from distributed import Client, get_task_stream
+
+    from crema.workflows.run import local_cluster
+
+    # without work stealing, which evens out a bad placement only later and only in part
+    with dask.config.set({"distributed.scheduler.work-stealing": False}), local_cluster(2) as cluster, \
+            Client(cluster) as client:
+        config = load_config(config_path).with_executor(name="dask", scheduler=cluster.scheduler_address,
+                                                         chunksize=1500)
+        with get_task_stream(client) as stream:
+            output, report = run(config)
+    per_worker: dict[str, int] = {}
+    for task in stream.data:
+        if task["key"].startswith("CheckpointingProcessor"):
+            per_worker[task["worker"]] = per_worker.get(task["worker"], 0) + 1
+    assert sum(per_worker.values()) == report.total_chunks == 3
+    assert len(per_worker) == 2, per_worker
+    assert_same_output(iterative, output)

@@ -69,22 +69,44 @@ def test_a_file_changed_on_disk_is_read_again(tree_file):
     assert all(t is not tree for t in opentrees._TREES.values())
 
 
-def test_a_worker_keeps_a_tree_it_is_asked_for_twice(tree_file):
+def test_a_worker_reads_a_tree_it_lacks_once_on_its_own_handle(tree_file):
     open_tree(tree_file, "Events")
     cache = pickle.loads(pickle.dumps(OpenTrees.of([tree_file])))  # as sent to a worker
     opentrees._TREES.clear()  # the worker's store starts empty
-    opentrees._MISSED.clear()
     with uproot.open(tree_file, object_cache=cache) as f:
         first = f["Events"]
-    assert first.file.closed and not opentrees._TREES  # one chunk of a file: nothing read twice
+    # not read through the caller's handle (closed after its chunk) but one kept open here
+    assert not first.file.closed and list(opentrees._TREES.values()) == [first]
     with uproot.open(tree_file, object_cache=cache) as f:
         second = f["Events"]
-    assert second.file.closed  # coffea's handle, closed: the store keeps a tree of its own
-    assert len(opentrees._TREES) == 1
-    with uproot.open(tree_file, object_cache=cache) as f:
-        third = f["Events"]
-    assert third is next(iter(opentrees._TREES.values()))
-    assert third["x"].array(library="np").sum() == 45
+    assert second is first
+    assert second["x"].array(library="np").sum() == 45
+
+
+def test_other_objects_of_an_input_file_are_not_kept(tmp_path):
+    path = str(tmp_path / "two.root")
+    with uproot.recreate(path) as f:
+        f.mktree("Events", {"x": np.float64})
+        f.mktree("Runs", {"y": np.float64})
+    open_tree(path, "Events")
+    cache = OpenTrees.of([path])
+    opentrees._TREES.clear()
+    with uproot.open(path, object_cache=cache) as f:
+        runs = f["Runs"]
+    assert runs.name == "Runs" and not opentrees._TREES
+
+
+def test_an_unreadable_file_is_left_to_the_callers_own_read(tree_file, monkeypatch):
+    open_tree(tree_file, "Events")
+    cache = OpenTrees.of([tree_file])
+    opentrees._TREES.clear()
+
+    def fail(*args):
+        raise OSError("no")
+
+    monkeypatch.setattr(opentrees, "_open", fail)
+    with pytest.raises(KeyError):
+        cache[next(iter(cache.files.values()))[3]]
 
 
 def test_the_store_is_bounded(tmp_path):
@@ -173,13 +195,10 @@ def test_a_kept_tree_holds_no_arrays_or_mapped_pages(tree_file):
     assert not isinstance(tree.file.source, uproot.source.file.MemmapSource)  # pages read would stay resident
 
 
-def _forked_lookup(path, key, queue):
-    """In a forked child: whether the parent's kept tree is found under the same cache key."""
-    try:
-        OpenTrees.of([path])[key]
-        queue.put("found")
-    except KeyError:
-        queue.put("missing")
+def _forked_lookup(path, key, parents, queue):
+    """In a forked child: whose tree the lookup under the parent's cache key returns."""
+    tree = OpenTrees.of([path])[key]
+    queue.put("parent's" if tree is parents else f"own, sum {tree['x'].array(library='np').sum():.0f}")
 
 
 def test_a_forked_worker_does_not_use_the_parents_handle(tree_file):
@@ -192,7 +211,25 @@ def test_a_forked_worker_does_not_use_the_parents_handle(tree_file):
     assert OpenTrees.of([tree_file])[key] is kept  # this process finds it
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
-    child = context.Process(target=_forked_lookup, args=(tree_file, key, queue))
+    child = context.Process(target=_forked_lookup, args=(tree_file, key, kept, queue))
     child.start()
     child.join(60)
-    assert queue.get(timeout=10) == "missing"
+    assert queue.get(timeout=10) == "own, sum 45"
+
+
+def test_a_rewritten_input_is_chunked_by_its_new_entries(tmp_path):
+    """coffea keeps each file's entry count in a process-wide cache keyed by name; a run takes the count
+    its own preflight read, so a file rewritten between two runs of one process is read whole."""
+    from test_run import write_config, write_subset
+
+    from crema.workflows.config import load_config
+    from crema.workflows.run import run
+
+    path = tmp_path / "in.root"
+    write_subset(path, entry_stop=100)
+    config = load_config(write_config(tmp_path, [path], chunksize=64))
+    assert sum(run(config)[1].processed.values()) == 100
+    opentrees._TREES.clear()
+    write_subset(path, entry_stop=150)
+    _, report = run(config)
+    assert report.expected == report.processed == {str(path): 150}

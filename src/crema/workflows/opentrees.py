@@ -26,8 +26,9 @@ MAX_OPEN = 8  # trees kept per process; the least recently used is dropped (its 
 _LOCK = threading.Lock()
 # ((process, thread), path, size, mtime_ns, uproot cache key) -> tree attached to a handle opened here
 _TREES: OrderedDict[tuple, Any] = OrderedDict()
-_MISSED: dict[tuple, None] = {}  # keys of _TREES asked for and not here once (insertion order: oldest first)
-_UUIDS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> the file's UUID, for files opened here
+# (path, size, mtime_ns) -> uproot's cache key of the kept tree (the file's UUID, then the tree's place
+# in it) and the tree's path, for files opened here
+_UUIDS: dict[tuple[str, int, int], tuple[str, str]] = {}
 
 
 def _owner() -> tuple[int, int]:
@@ -53,7 +54,7 @@ def _keep(ident: tuple[str, int, int], cache_key: str, tree) -> tuple:
     with _LOCK:
         _TREES[key] = tree
         _TREES.move_to_end(key)
-        _UUIDS[ident] = tree.file.hex_uuid
+        _UUIDS[ident] = cache_key, tree.object_path
         while len(_TREES) > MAX_OPEN:
             _TREES.popitem(last=False)
     return key
@@ -87,23 +88,25 @@ def _open(path: str, treename: str, ident: tuple[str, int, int] | None):
 class OpenTrees(MutableMapping):
     """uproot ``object_cache`` returning the trees of this run's input files from handles kept open.
 
-    ``files`` maps a file's UUID to (path, size, mtime_ns); a UUID two input files share is left out
-    (nothing of those files is cached). Other objects are not cached. Pickles to its ``files`` only,
-    so dask and process-pool workers fill their own store.
+    ``files`` maps a file's UUID to (path, size, mtime_ns, the tree's cache key, the tree's path); a UUID two input files share is
+    left out (nothing of those files is cached). Other objects are not cached. Pickles to its ``files``
+    only, so dask and process-pool workers fill their own store: a worker asked for a tree it has not
+    kept reads it on a handle of its own, once, and its later chunks of that file (in this run or the
+    next over the same files) take it from there.
     """
 
-    def __init__(self, files: dict[str, tuple[str, int, int]]) -> None:
+    def __init__(self, files: dict[str, tuple[str, int, int, str, str]]) -> None:
         self.files = dict(files)
 
     @classmethod
     def of(cls, paths: Iterable[str]) -> OpenTrees:
         """The cache for a run over ``paths``: the UUIDs of those opened with :func:`open_tree`."""
-        by_uuid: dict[str, list[tuple[str, int, int]]] = {}
+        by_uuid: dict[str, list[tuple[str, int, int, str, str]]] = {}
         for path in dict.fromkeys(paths):
             ident = _identity(path)
-            uuid = _UUIDS.get(ident) if ident is not None else None
-            if uuid is not None:
-                by_uuid.setdefault(uuid, []).append(ident)
+            seen = _UUIDS.get(ident) if ident is not None else None
+            if seen is not None:
+                by_uuid.setdefault(seen[0].split(":", 1)[0], []).append((*ident, *seen))
         return cls({u: idents[0] for u, idents in by_uuid.items() if len(idents) == 1})
 
     def __reduce__(self):
@@ -111,38 +114,34 @@ class OpenTrees(MutableMapping):
 
     def _key(self, key: str) -> tuple | None:
         ident = self.files.get(key.split(":", 1)[0]) if isinstance(key, str) else None
-        return None if ident is None else (_owner(), *ident, key)
+        return None if ident is None else (_owner(), *ident[:3], key)
 
     def __getitem__(self, key: str):
         k = self._key(key)
-        if k is not None and _identity(k[1]) != k[1:4]:  # changed on disk since the run started
-            k = None
+        if k is None or _identity(k[1]) != k[1:4]:  # not an input of this run, or changed on disk since it started
+            raise KeyError(key)
         with _LOCK:
-            if k is None or k not in _TREES:
-                raise KeyError(key)
-            _TREES.move_to_end(k)
-            return _TREES[k]
-
-    def __setitem__(self, key: str, value) -> None:
-        """A tree read by another handle (a worker's chunk of a file it has not kept): the second time
-        this happens for a file, read it once more on a handle kept open here (a worker that gets a
-        single chunk of a file pays nothing extra), if the file is still the one the run started with."""
-        k = self._key(key)
-        if k is None or not isinstance(value, uproot.behaviors.TTree.TTree) or k in _TREES:
-            return
-        with _LOCK:
-            first = k not in _MISSED
-            _MISSED[k] = None
-            while len(_MISSED) > 10 * MAX_OPEN:
-                _MISSED.pop(next(iter(_MISSED)))
-        if first:
-            return
-        path = k[1]
-        if _identity(path) != k[1:4]:
-            return
-        _, kept = _open(path, value.object_path, k[1:4])
+            tree = _TREES.get(k)
+            if tree is not None:
+                _TREES.move_to_end(k)
+                return tree
+        _, _, _, tree_key, tree_path = self.files[key.split(":", 1)[0]]
+        if key != tree_key:  # another object of the file
+            raise KeyError(key)
+        # not kept in this process and thread (a worker's first chunk of the file): read it on a handle
+        # kept open here instead of the caller's, which closes after the chunk; if that fails, the
+        # caller's own read reports it
+        try:
+            tree, kept = _open(k[1], tree_path, k[1:4])
+        except Exception:
+            raise KeyError(key) from None
         if kept != key:  # replaced since the run started: not the file of this run
             _drop((_owner(), *k[1:4], kept))
+            raise KeyError(key)
+        return tree
+
+    def __setitem__(self, key: str, value) -> None:
+        """Trees this store can keep are read through :meth:`__getitem__`: nothing to add."""
 
     def __delitem__(self, key: str) -> None:
         k = self._key(key)
