@@ -64,7 +64,7 @@ def fill_efficiency(h: hist.Hist, jets: ak.Array, score: str, threshold: float,
     counts = ak.to_numpy(ak.num(jets, axis=1))
     flat = lambda a: ak.to_numpy(ak.flatten(a, axis=1))  # noqa: E731
     w = None if weight is None else np.repeat(np.asarray(weight, dtype=np.float64), counts)
-    h.fill(pt=flat(jets.pt), abseta=np.abs(flat(jets.eta)), flavor=flat(jets.hadronFlavour).astype(int),
+    h.fill(pt=flat(jets["pt"]), abseta=np.abs(flat(jets["eta"])), flavor=flat(jets.hadronFlavour).astype(int),
            tagged=flat(jets[score]) > threshold, weight=w)
     return h
 

@@ -182,15 +182,15 @@ class JetCorrector:
         # per jet on flat numpy (jets in their pt order, the order the sums run in); one awkward sum per axis
         counts = ak.num(jets, axis=1)
         flat = lambda a: np.asarray(ak.to_numpy(ak.flatten(a, axis=1)))  # noqa: E731
-        pt, pt_orig, phi = flat(jets.pt), flat(jets.pt_orig), flat(jets.phi)
+        pt, pt_orig, phi = flat(jets["pt"]), flat(jets.pt_orig), flat(jets["phi"])
         # a jet with unphysical kinematics (dropped by the selection) moves nothing: it must not turn MET into NaN
         usable = flat(physical_kinematics(jets)) & physical(pt_orig, "pt")
         with np.errstate(invalid="ignore"):
             moved = np.where(usable & (pt > self.config.met_jet_pt_min), pt - pt_orig, 0.0)
         dx = ak.sum(ak.unflatten(moved * np.cos(phi), counts), axis=1)
         dy = ak.sum(ak.unflatten(moved * np.sin(phi), counts), axis=1)
-        px = m.pt * np.cos(m.phi) - dx
-        py = m.pt * np.sin(m.phi) - dy
+        px = m["pt"] * np.cos(m["phi"]) - dx
+        py = m["pt"] * np.sin(m["phi"]) - dy
         out = ak.with_field(m, np.hypot(px, py), "pt")
         return ak.with_field(out, np.arctan2(py, px), "phi")
 
@@ -235,8 +235,8 @@ class JetCorrector:
         counts = ak.to_numpy(ak.num(jets, axis=1)).astype(np.int64)
         col = lambda a: np.asarray(ak.to_numpy(ak.flatten(a, axis=1)), dtype=np.float64)  # noqa: E731
         per_jet = lambda a: np.repeat(np.asarray(ak.to_numpy(a)), counts)  # noqa: E731
-        pt, mass, raw_factor = col(jets.pt), col(jets.mass), col(jets.rawFactor)
-        eta, phi = col(jets.eta), col(jets.phi)
+        pt, mass, raw_factor = col(jets["pt"]), col(jets["mass"]), col(jets.rawFactor)
+        eta, phi = col(jets["eta"]), col(jets["phi"])
         rho = per_jet(_rho(events, cfg.rho)).astype(np.float64)
         run = per_jet(events.run)
         is_mc = "genWeight" in ak.fields(events)
@@ -322,7 +322,7 @@ class JetCorrector:
         """``jets`` (with :meth:`_shared_fields`) with this variation's pt and mass, sorted by pt."""
         out = ak.with_field(jets, ak.unflatten(pt, flat.counts), "pt")
         out = ak.with_field(out, ak.unflatten(mass, flat.counts), "mass")
-        return out[ak.argsort(out.pt, axis=1, ascending=False)]
+        return out[ak.argsort(out["pt"], axis=1, ascending=False)]
 
 
 def _rho(events: ak.Array, name: str) -> ak.Array:
@@ -346,7 +346,7 @@ def _matched_gen(events: ak.Array, jets: ak.Array, cfg: JetsConfig, jet_flat: _F
     valid = (idx >= 0) & (idx < gen_counts[event_of_jet])  # NanoAOD can point past the stored GenJets
     where = np.where(valid, gen_offsets[event_of_jet] + idx, 0)
     flat = lambda a: np.asarray(ak.to_numpy(ak.flatten(a, axis=1)), dtype=np.float64)  # noqa: E731
-    gen_pt, gen_eta, gen_phi = flat(gen.pt), flat(gen.eta), flat(gen.phi)
+    gen_pt, gen_eta, gen_phi = flat(gen["pt"]), flat(gen["eta"]), flat(gen["phi"])
     if len(gen_pt) == 0:
         return np.zeros(len(idx)), np.full(len(idx), np.inf)
     eta, phi = jet_flat.eta, jet_flat.phi

@@ -13,8 +13,8 @@ import awkward as ak
 import numpy as np
 
 from crema.corrections import files
-from crema.physical import physical_kinematics
-from crema.selections.deltar import any_near
+from crema.physical import KINEMATICS, physical
+from crema.selections.deltar import any_near_flat
 from crema.schema import ConfigError
 
 VETO_INPUTS = {"type", "eta", "phi"}
@@ -58,12 +58,18 @@ class JetVeto:
 
     def veto_jets(self, jets: ak.Array, muons: ak.Array) -> ak.Array:
         """Mask of the jets the veto map is applied to (JME's selection, see the module docstring)."""
+        return ak.unflatten(self._veto_jets_flat(jets, muons), ak.num(jets, axis=1))
+
+    def _veto_jets_flat(self, jets: ak.Array, muons: ak.Array) -> np.ndarray:
+        # on the flat jets (numpy, one pass per cut) instead of an awkward broadcast per operation
         c = self.config
-        pf_muons = muons[muons.isPFcand]
-        near_muon = any_near(jets, pf_muons, c.muon_dr_min)
+        flat = lambda field: np.asarray(ak.to_numpy(ak.flatten(jets[field], axis=1)))  # noqa: E731
+        near_muon = any_near_flat(jets, muons[muons.isPFcand], c.muon_dr_min)
         # a jet with unphysical kinematics is dropped by every object selection, so it vetoes nothing
-        return (physical_kinematics(jets) & (jets.pt > c.pt_min) & ((jets.jetId & c.jet_id_mask) == c.jet_id_mask)
-                & (jets.chEmEF + jets.neEmEF < c.em_fraction_max) & ~near_muon)
+        usable = np.logical_and.reduce([physical(flat(f), f) for f in KINEMATICS if f in ak.fields(jets)])
+        with np.errstate(invalid="ignore"):
+            return (usable & (flat("pt") > c.pt_min) & ((flat("jetId") & c.jet_id_mask) == c.jet_id_mask)
+                    & (flat("chEmEF") + flat("neEmEF") < c.em_fraction_max) & ~near_muon)
 
     def in_vetoed_region(self, eta: np.ndarray, phi: np.ndarray) -> np.ndarray:
         """Whether each (eta, phi) lies in a vetoed region (map value non-zero)."""
@@ -75,11 +81,12 @@ class JetVeto:
 
     def passes(self, jets: ak.Array, muons: ak.Array) -> np.ndarray:
         """Per event: True when no selected jet lies in a vetoed region."""
-        selected = jets[self.veto_jets(jets, muons)]
-        flat_eta = ak.to_numpy(ak.flatten(selected.eta))
-        flat_phi = ak.to_numpy(ak.flatten(selected.phi))
-        vetoed = ak.unflatten(self.in_vetoed_region(flat_eta, flat_phi), ak.num(selected, axis=1))
-        return ~ak.to_numpy(ak.any(vetoed, axis=1))
+        selected = self._veto_jets_flat(jets, muons)
+        counts = np.asarray(ak.to_numpy(ak.num(jets, axis=1)), dtype=np.int64)
+        eta = np.asarray(ak.to_numpy(ak.flatten(jets["eta"], axis=1)))[selected]
+        phi = np.asarray(ak.to_numpy(ak.flatten(jets["phi"], axis=1)))[selected]
+        event = np.repeat(np.arange(len(counts)), counts)[selected]
+        return np.bincount(event[self.in_vetoed_region(eta, phi)], minlength=len(counts)) == 0
 
 
 __all__ = ["JetVeto", "JetVetoConfig"]

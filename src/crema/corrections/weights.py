@@ -166,7 +166,7 @@ class EventWeights:
     def _lepton_factors(self, leptons: ak.Array) -> dict[str, tuple[np.ndarray, ...]]:
         counts = ak.to_numpy(ak.num(leptons, axis=1))
         flat = lambda a: np.asarray(ak.to_numpy(ak.flatten(a, axis=1)), dtype=np.float64)  # noqa: E731
-        pt, eta = flat(leptons.pt), flat(leptons.eta)
+        pt, eta = flat(leptons["pt"]), flat(leptons["eta"])
         flavour = np.abs(np.asarray(ak.to_numpy(ak.flatten(leptons.pdgId, axis=1))))
         out = {}
 
@@ -191,7 +191,7 @@ class EventWeights:
     def _btag_factors(self, jets: ak.Array) -> dict[str, tuple[np.ndarray, ...]]:
         counts = ak.to_numpy(ak.num(jets, axis=1))
         flat = lambda a: np.asarray(ak.to_numpy(ak.flatten(a, axis=1)))  # noqa: E731
-        pt, abseta = flat(jets.pt).astype(np.float64), np.abs(flat(jets.eta).astype(np.float64))
+        pt, abseta = flat(jets["pt"]).astype(np.float64), np.abs(flat(jets["eta"]).astype(np.float64))
         flavour = flat(jets.hadronFlavour).astype(np.int64)
         tagged = flat(jets[self.btag_choice.score]) > self.btag_threshold
         heavy = flavour >= 4

@@ -28,9 +28,9 @@ def delta_r_pairs(a: ak.Array, b: ak.Array) -> tuple[np.ndarray, np.ndarray, np.
     first_b = np.repeat(np.cumsum(nb) - nb, na)  # per a-object: its event's first b-object
     first_pair = np.cumsum(partners) - partners  # per a-object: its first pair
     ib = np.repeat(first_b - first_pair, partners) + np.arange(ia.size)
-    phi = np.subtract(_flat(a.phi)[ia], _flat(b.phi)[ib])
+    phi = np.subtract(_flat(a["phi"])[ia], _flat(b["phi"])[ib])
     dphi = np.subtract(np.remainder(np.add(phi, np.pi), 2 * np.pi), np.pi)
-    deta = np.subtract(_flat(a.eta)[ia], _flat(b.eta)[ib])
+    deta = np.subtract(_flat(a["eta"])[ia], _flat(b["eta"])[ib])
     return na, ia, np.sqrt(np.add(np.power(dphi, 2), np.power(deta, 2)))
 
 
@@ -45,6 +45,10 @@ def all_far(a: ak.Array, b: ak.Array, dr_min: float) -> ak.Array:
 def any_near(a: ak.Array, b: ak.Array, dr_max: float) -> ak.Array:
     """Per a-object: some b-object of its event is closer than ``dr_max``
     (``ak.any(a.metric_table(b) < dr_max, axis=2)``)."""
+    return ak.unflatten(any_near_flat(a, b, dr_max), ak.num(a, axis=1))
+
+
+def any_near_flat(a: ak.Array, b: ak.Array, dr_max: float) -> np.ndarray:
+    """:func:`any_near` on a's flat objects (numpy, a's order)."""
     na, ia, dr = delta_r_pairs(a, b)
-    near = np.bincount(ia[dr < dr_max], minlength=int(na.sum()))
-    return ak.unflatten(near > 0, na)
+    return np.bincount(ia[dr < dr_max], minlength=int(na.sum())) > 0

@@ -123,9 +123,9 @@ def _lepton_steps(leps: ak.Array, cuts: ChannelCuts) -> list[tuple[str, np.ndarr
     n_lep = cuts.n_leptons
     lead = ak.pad_none(leps, 2, axis=1)
     steps = [(f"{n_lep} lepton{'s' if n_lep > 1 else ''}", ak.num(leps, axis=1) == n_lep)]
-    pt_ok = lead[:, 0].pt > cuts.leading_lepton_pt_min
+    pt_ok = lead[:, 0]["pt"] > cuts.leading_lepton_pt_min
     if n_lep > 1:
-        pt_ok = pt_ok & (lead[:, 1].pt > cuts.subleading_lepton_pt_min)
+        pt_ok = pt_ok & (lead[:, 1]["pt"] > cuts.subleading_lepton_pt_min)
     steps.append(("lepton pt", pt_ok))
     if cuts.opposite_charge and n_lep > 1:
         steps.append(("opposite charge", lead[:, 0].charge * lead[:, 1].charge < 0))

@@ -46,7 +46,7 @@ def id_inputs(collection: str, branches: set[str]) -> list[str] | None:
 
 def computed_jet_id(jets: ak.Array) -> ak.Array:
     """The Run 3 tight / tight-lepton-veto ID as NanoAOD ``jetId`` bits (see the module docstring)."""
-    eta = abs(jets.eta)
+    eta = abs(jets["eta"])
     fields = set(ak.fields(jets))
     if {"chMultiplicity", "neMultiplicity"} <= fields:
         ch, ne = jets.chMultiplicity, jets.neMultiplicity

@@ -30,8 +30,8 @@ def electron_mask(electrons: ak.Array, cuts: ElectronCuts) -> ak.Array:
     """Loose (fakeable) electrons: kinematics, impact parameters, mini-isolation and ``cuts.id``."""
     return (
         physical_kinematics(electrons)
-        & (electrons.pt > cuts.pt_min)
-        & (abs(electrons.eta) < cuts.abs_eta_max)
+        & (electrons["pt"] > cuts.pt_min)
+        & (abs(electrons["eta"]) < cuts.abs_eta_max)
         & (abs(electrons.dz) < cuts.abs_dz_max)
         & (abs(electrons.dxy) < cuts.abs_dxy_max)
         & (electrons.sip3d <= cuts.sip3d_max)
@@ -45,8 +45,8 @@ def muon_mask(muons: ak.Array, cuts: MuonCuts) -> ak.Array:
     """Loose muons: kinematics, impact parameters, PF isolation ID and ``cuts.id``."""
     return (
         physical_kinematics(muons)
-        & (muons.pt > cuts.pt_min)
-        & (abs(muons.eta) < cuts.abs_eta_max)
+        & (muons["pt"] > cuts.pt_min)
+        & (abs(muons["eta"]) < cuts.abs_eta_max)
         & (abs(muons.dz) < cuts.abs_dz_max)
         & (abs(muons.dxy) < cuts.abs_dxy_max)
         & (muons.sip3d <= cuts.sip3d_max)
@@ -70,10 +70,10 @@ def leptons(electrons: ak.Array, muons: ak.Array, ecuts: ElectronCuts, mcuts: Mu
         parts.append(
             ak.zip(
                 {
-                    "pt": sel.pt,
-                    "eta": sel.eta,
-                    "phi": sel.phi,
-                    "mass": sel.mass,
+                    "pt": sel["pt"],
+                    "eta": sel["eta"],
+                    "phi": sel["phi"],
+                    "mass": sel["mass"],
                     "charge": sel.charge,
                     "pdgId": sel.pdgId,
                     "tight": sel[tight_id],
@@ -83,7 +83,7 @@ def leptons(electrons: ak.Array, muons: ak.Array, ecuts: ElectronCuts, mcuts: Mu
             )
         )
     merged = ak.concatenate(parts, axis=1)
-    return merged[ak.argsort(merged.pt, axis=1, ascending=False)]
+    return merged[ak.argsort(merged["pt"], axis=1, ascending=False)]
 
 
 LEPTON_CLEANED = "lepton_cleaned"
@@ -102,8 +102,8 @@ def jet_masks(jets: ak.Array, leptons: ak.Array, cuts: JetCuts) -> tuple[ak.Arra
 
     Forward jets lie in ``abs_eta_max <= |eta| < forward_abs_eta_max`` (none if that is unset).
     """
-    abs_eta = abs(jets.eta)
-    base = physical_kinematics(jets) & (jets.pt > cuts.pt_min) & ((jets.jetId & cuts.jet_id_mask) == cuts.jet_id_mask)
+    abs_eta = abs(jets["eta"])
+    base = physical_kinematics(jets) & (jets["pt"] > cuts.pt_min) & ((jets.jetId & cuts.jet_id_mask) == cuts.jet_id_mask)
     cleaned = jets[LEPTON_CLEANED] if LEPTON_CLEANED in ak.fields(jets) else lepton_cleaned(jets, leptons, cuts.lepton_dr_min)
     base = base & cleaned
     central = base & (abs_eta < cuts.abs_eta_max)
@@ -119,8 +119,8 @@ def fatjet_mask(fatjets: ak.Array, leptons: ak.Array, cuts: JetCuts) -> ak.Array
     """AK8 jets: pt, |eta|, jet ID and cleaning against selected leptons."""
     return (
         physical_kinematics(fatjets)
-        & (fatjets.pt > cuts.pt_min)
-        & (abs(fatjets.eta) < cuts.abs_eta_max)
+        & (fatjets["pt"] > cuts.pt_min)
+        & (abs(fatjets["eta"]) < cuts.abs_eta_max)
         & ((fatjets.jetId & cuts.jet_id_mask) == cuts.jet_id_mask)
         & lepton_cleaned(fatjets, leptons, cuts.lepton_dr_min)
     )
