@@ -55,15 +55,31 @@ def physical_kinematics(objects: ak.Array, fields: Iterable[str] = KINEMATICS) -
         # (per event and per object: the same booleans, a fraction of the time)
         flat = [_flat_numpy(objects[f]) for f in present]
         if all(v is not None for v in flat):
-            mask = physical(flat[0], present[0])
-            for f, values in zip(present[1:], flat[1:]):
-                mask &= physical(values, f)
+            mask = physical_values(dict(zip(present, flat)), present)
             return ak.Array(mask) if objects.ndim == 1 else ak.unflatten(mask, ak.num(objects, axis=1))
     mask = None
     for f in present:
         ok = physical(objects[f], f)
         mask = ok if mask is None else mask & ok
     return mask
+
+
+def physical_values(values, fields: Iterable[str] = KINEMATICS) -> np.ndarray:
+    """Per object: every one of ``fields`` of ``values`` (flat numpy by field name, e.g. a
+    :class:`crema.flat.FlatFields`) is :func:`physical`."""
+    fields = list(fields)
+    mask = physical(values[fields[0]], fields[0])
+    for f in fields[1:]:
+        mask &= physical(values[f], f)
+    return mask
+
+
+def physical_flat(flat, fields: Iterable[str] = KINEMATICS) -> np.ndarray:
+    """:func:`physical_kinematics` on a :class:`crema.flat.FlatFields` (flat numpy, the collection's order)."""
+    present = [f for f in fields if f in flat.fields]
+    if not present:
+        raise ValueError(f"none of the fields {', '.join(fields)} in {flat.fields}")
+    return physical_values(flat, present)
 
 
 def _flat_numpy(values: ak.Array) -> np.ndarray | None:

@@ -13,7 +13,8 @@ import awkward as ak
 import numpy as np
 
 from crema.corrections import files
-from crema.physical import KINEMATICS, physical
+from crema.flat import FlatFields
+from crema.physical import physical_flat
 from crema.selections.deltar import any_near_flat
 from crema.schema import ConfigError
 
@@ -60,16 +61,13 @@ class JetVeto:
         """Mask of the jets the veto map is applied to (JME's selection, see the module docstring)."""
         return ak.unflatten(self._veto_jets_flat(jets, muons), ak.num(jets, axis=1))
 
-    def _veto_jets_flat(self, jets: ak.Array, muons: ak.Array) -> np.ndarray:
-        # on the flat jets (numpy, one pass per cut) instead of an awkward broadcast per operation
+    def _veto_jets_flat(self, jets: ak.Array | FlatFields, muons: ak.Array) -> np.ndarray:
         c = self.config
-        flat = lambda field: np.asarray(ak.to_numpy(ak.flatten(jets[field], axis=1)))  # noqa: E731
-        near_muon = any_near_flat(jets, muons[muons.isPFcand], c.muon_dr_min)
+        j = jets if isinstance(jets, FlatFields) else FlatFields(jets)
+        near_muon = any_near_flat(j, muons[muons.isPFcand], c.muon_dr_min)
         # a jet with unphysical kinematics is dropped by every object selection, so it vetoes nothing
-        usable = np.logical_and.reduce([physical(flat(f), f) for f in KINEMATICS if f in ak.fields(jets)])
-        with np.errstate(invalid="ignore"):
-            return (usable & (flat("pt") > c.pt_min) & ((flat("jetId") & c.jet_id_mask) == c.jet_id_mask)
-                    & (flat("chEmEF") + flat("neEmEF") < c.em_fraction_max) & ~near_muon)
+        return (physical_flat(j) & (j["pt"] > c.pt_min) & ((j["jetId"] & c.jet_id_mask) == c.jet_id_mask)
+                & (j["chEmEF"] + j["neEmEF"] < c.em_fraction_max) & ~near_muon)
 
     def in_vetoed_region(self, eta: np.ndarray, phi: np.ndarray) -> np.ndarray:
         """Whether each (eta, phi) lies in a vetoed region (map value non-zero)."""
@@ -81,12 +79,11 @@ class JetVeto:
 
     def passes(self, jets: ak.Array, muons: ak.Array) -> np.ndarray:
         """Per event: True when no selected jet lies in a vetoed region."""
-        selected = self._veto_jets_flat(jets, muons)
-        counts = np.asarray(ak.to_numpy(ak.num(jets, axis=1)), dtype=np.int64)
-        eta = np.asarray(ak.to_numpy(ak.flatten(jets["eta"], axis=1)))[selected]
-        phi = np.asarray(ak.to_numpy(ak.flatten(jets["phi"], axis=1)))[selected]
-        event = np.repeat(np.arange(len(counts)), counts)[selected]
-        return np.bincount(event[self.in_vetoed_region(eta, phi)], minlength=len(counts)) == 0
+        j = FlatFields(jets)
+        selected = self._veto_jets_flat(j, muons)
+        event = np.repeat(np.arange(len(j.counts)), j.counts)[selected]
+        vetoed = self.in_vetoed_region(j["eta"][selected], j["phi"][selected])
+        return np.bincount(event[vetoed], minlength=len(j.counts)) == 0
 
 
 __all__ = ["JetVeto", "JetVetoConfig"]

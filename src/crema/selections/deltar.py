@@ -13,33 +13,45 @@ from __future__ import annotations
 import awkward as ak
 import numpy as np
 
+from crema.flat import FlatFields
+
 
 def _flat(values: ak.Array) -> np.ndarray:
     return np.asarray(ak.to_numpy(ak.flatten(values, axis=1)))
 
 
-def delta_r_pairs(a: ak.Array, b: ak.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _counts_eta_phi(x: ak.Array | FlatFields) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if isinstance(x, FlatFields):
+        return x.counts, x["eta"], x["phi"]
+    return np.asarray(ak.to_numpy(ak.num(x, axis=1)), dtype=np.int64), _flat(x["eta"]), _flat(x["phi"])
+
+
+def delta_r_pairs(a: ak.Array | FlatFields, b: ak.Array | FlatFields) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every (a-object, b-object) pair of each event: ``(objects of a per event, a-object of each pair
     (index into a's flat objects), delta R of each pair)``; pairs ordered as ``a.metric_table(b)``."""
-    na = np.asarray(ak.to_numpy(ak.num(a, axis=1)), dtype=np.int64)
-    nb = np.asarray(ak.to_numpy(ak.num(b, axis=1)), dtype=np.int64)
+    na, a_eta, a_phi = _counts_eta_phi(a)
+    nb, b_eta, b_phi = _counts_eta_phi(b)
     partners = np.repeat(nb, na)  # b-objects in the event of each a-object
     ia = np.repeat(np.arange(partners.size), partners)
     first_b = np.repeat(np.cumsum(nb) - nb, na)  # per a-object: its event's first b-object
     first_pair = np.cumsum(partners) - partners  # per a-object: its first pair
     ib = np.repeat(first_b - first_pair, partners) + np.arange(ia.size)
-    phi = np.subtract(_flat(a["phi"])[ia], _flat(b["phi"])[ib])
+    phi = np.subtract(a_phi[ia], b_phi[ib])
     dphi = np.subtract(np.remainder(np.add(phi, np.pi), 2 * np.pi), np.pi)
-    deta = np.subtract(_flat(a["eta"])[ia], _flat(b["eta"])[ib])
+    deta = np.subtract(a_eta[ia], b_eta[ib])
     return na, ia, np.sqrt(np.add(np.power(dphi, 2), np.power(deta, 2)))
 
 
 def all_far(a: ak.Array, b: ak.Array, dr_min: float) -> ak.Array:
     """Per a-object: every b-object of its event is at least ``dr_min`` away
     (``ak.all(a.metric_table(b) >= dr_min, axis=2)``: a NaN distance is not far; no b-object: True)."""
+    return ak.unflatten(all_far_flat(a, b, dr_min), ak.num(a, axis=1))
+
+
+def all_far_flat(a: ak.Array | FlatFields, b: ak.Array | FlatFields, dr_min: float) -> np.ndarray:
+    """:func:`all_far` on a's flat objects (numpy, a's order)."""
     na, ia, dr = delta_r_pairs(a, b)
-    failed = np.bincount(ia[~(dr >= dr_min)], minlength=int(na.sum()))
-    return ak.unflatten(failed == 0, na)
+    return np.bincount(ia[~(dr >= dr_min)], minlength=int(na.sum())) == 0
 
 
 def any_near(a: ak.Array, b: ak.Array, dr_max: float) -> ak.Array:
@@ -48,7 +60,7 @@ def any_near(a: ak.Array, b: ak.Array, dr_max: float) -> ak.Array:
     return ak.unflatten(any_near_flat(a, b, dr_max), ak.num(a, axis=1))
 
 
-def any_near_flat(a: ak.Array, b: ak.Array, dr_max: float) -> np.ndarray:
+def any_near_flat(a: ak.Array | FlatFields, b: ak.Array | FlatFields, dr_max: float) -> np.ndarray:
     """:func:`any_near` on a's flat objects (numpy, a's order)."""
     na, ia, dr = delta_r_pairs(a, b)
     return np.bincount(ia[dr < dr_max], minlength=int(na.sum())) > 0

@@ -8,10 +8,12 @@ beyond the physical range): +inf would pass a pt cut, NaN would poison sums down
 from __future__ import annotations
 
 import awkward as ak
+import numpy as np
 from coffea.nanoevents.methods import candidate
 
-from crema.physical import physical_kinematics
-from crema.selections.deltar import all_far
+from crema.flat import FlatFields
+from crema.physical import physical_flat
+from crema.selections.deltar import all_far, all_far_flat
 from crema.selections.config import ElectronCuts, JetCuts, MuonCuts
 
 
@@ -28,30 +30,32 @@ def _uses(*branches: str):
 @_uses("Electron_pt", "Electron_eta", "Electron_phi", "Electron_mass", "Electron_dz", "Electron_dxy", "Electron_sip3d", "Electron_miniPFRelIso_all")
 def electron_mask(electrons: ak.Array, cuts: ElectronCuts) -> ak.Array:
     """Loose (fakeable) electrons: kinematics, impact parameters, mini-isolation and ``cuts.id``."""
-    return (
-        physical_kinematics(electrons)
-        & (electrons["pt"] > cuts.pt_min)
-        & (abs(electrons["eta"]) < cuts.abs_eta_max)
-        & (abs(electrons.dz) < cuts.abs_dz_max)
-        & (abs(electrons.dxy) < cuts.abs_dxy_max)
-        & (electrons.sip3d <= cuts.sip3d_max)
-        & (electrons.miniPFRelIso_all < cuts.mini_iso_max)
-        & electrons[cuts.id]
+    e = FlatFields(electrons)
+    return e.jagged(
+        physical_flat(e)
+        & (e["pt"] > cuts.pt_min)
+        & (np.abs(e["eta"]) < cuts.abs_eta_max)
+        & (np.abs(e["dz"]) < cuts.abs_dz_max)
+        & (np.abs(e["dxy"]) < cuts.abs_dxy_max)
+        & (e["sip3d"] <= cuts.sip3d_max)
+        & (e["miniPFRelIso_all"] < cuts.mini_iso_max)
+        & e[cuts.id]
     )
 
 
 @_uses("Muon_pt", "Muon_eta", "Muon_phi", "Muon_mass", "Muon_dz", "Muon_dxy", "Muon_sip3d", "Muon_pfIsoId")
 def muon_mask(muons: ak.Array, cuts: MuonCuts) -> ak.Array:
     """Loose muons: kinematics, impact parameters, PF isolation ID and ``cuts.id``."""
-    return (
-        physical_kinematics(muons)
-        & (muons["pt"] > cuts.pt_min)
-        & (abs(muons["eta"]) < cuts.abs_eta_max)
-        & (abs(muons.dz) < cuts.abs_dz_max)
-        & (abs(muons.dxy) < cuts.abs_dxy_max)
-        & (muons.sip3d <= cuts.sip3d_max)
-        & (muons.pfIsoId >= cuts.pf_iso_id_min)
-        & muons[cuts.id]
+    m = FlatFields(muons)
+    return m.jagged(
+        physical_flat(m)
+        & (m["pt"] > cuts.pt_min)
+        & (np.abs(m["eta"]) < cuts.abs_eta_max)
+        & (np.abs(m["dz"]) < cuts.abs_dz_max)
+        & (np.abs(m["dxy"]) < cuts.abs_dxy_max)
+        & (m["sip3d"] <= cuts.sip3d_max)
+        & (m["pfIsoId"] >= cuts.pf_iso_id_min)
+        & m[cuts.id]
     )
 
 
@@ -102,27 +106,29 @@ def jet_masks(jets: ak.Array, leptons: ak.Array, cuts: JetCuts) -> tuple[ak.Arra
 
     Forward jets lie in ``abs_eta_max <= |eta| < forward_abs_eta_max`` (none if that is unset).
     """
-    abs_eta = abs(jets["eta"])
-    base = physical_kinematics(jets) & (jets["pt"] > cuts.pt_min) & ((jets.jetId & cuts.jet_id_mask) == cuts.jet_id_mask)
-    cleaned = jets[LEPTON_CLEANED] if LEPTON_CLEANED in ak.fields(jets) else lepton_cleaned(jets, leptons, cuts.lepton_dr_min)
+    j = FlatFields(jets)
+    abs_eta = np.abs(j["eta"])
+    base = physical_flat(j) & (j["pt"] > cuts.pt_min) & ((j["jetId"] & cuts.jet_id_mask) == cuts.jet_id_mask)
+    cleaned = j[LEPTON_CLEANED] if LEPTON_CLEANED in j.fields else all_far_flat(j, leptons, cuts.lepton_dr_min)
     base = base & cleaned
     central = base & (abs_eta < cuts.abs_eta_max)
     if cuts.forward_abs_eta_max is None:
-        forward = ak.zeros_like(central)
+        forward = np.zeros_like(central)
     else:
         forward = base & (abs_eta >= cuts.abs_eta_max) & (abs_eta < cuts.forward_abs_eta_max)
-    return central, forward
+    return j.jagged(central), j.jagged(forward)
 
 
 @_uses("FatJet_pt", "FatJet_eta", "FatJet_phi", "FatJet_mass", "FatJet_jetId")
 def fatjet_mask(fatjets: ak.Array, leptons: ak.Array, cuts: JetCuts) -> ak.Array:
     """AK8 jets: pt, |eta|, jet ID and cleaning against selected leptons."""
-    return (
-        physical_kinematics(fatjets)
-        & (fatjets["pt"] > cuts.pt_min)
-        & (abs(fatjets["eta"]) < cuts.abs_eta_max)
-        & ((fatjets.jetId & cuts.jet_id_mask) == cuts.jet_id_mask)
-        & lepton_cleaned(fatjets, leptons, cuts.lepton_dr_min)
+    f = FlatFields(fatjets)
+    return f.jagged(
+        physical_flat(f)
+        & (f["pt"] > cuts.pt_min)
+        & (np.abs(f["eta"]) < cuts.abs_eta_max)
+        & ((f["jetId"] & cuts.jet_id_mask) == cuts.jet_id_mask)
+        & all_far_flat(f, leptons, cuts.lepton_dr_min)
     )
 
 
