@@ -34,6 +34,13 @@ def test_jobqueue_settings_reach_the_job_script(kind, directive):
     finally:
         cluster.close()
     assert directive in script and "--nthreads 1" in script
+    # the workers start without dask's MALLOC_TRIM_THRESHOLD_ (glibc's adaptive allocation, as a local run)
+    import re
+
+    import dask.config
+
+    setting = dask.config.deserialize(re.search(r"export DASK_INTERNAL_INHERIT_CONFIG=([A-Za-z0-9+/=]+)", script)[1])
+    assert setting == {"distributed": {"nanny": {"pre-spawn-environ": {"MALLOC_TRIM_THRESHOLD_": None}}}}
 
 
 def load_config_jobqueue(kind):

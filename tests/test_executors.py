@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -95,6 +96,8 @@ def test_dask_spreads_chunks_over_its_workers(config_path, iterative):
                                                          chunksize=1500)
         with get_task_stream(client) as stream:
             output, report = run(config)
+        # and its workers allocate memory as any Python process (no dask MALLOC_TRIM_THRESHOLD_)
+        assert set(client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values()) == {None}
     per_worker: dict[str, int] = {}
     for task in stream.data:
         if task["key"].startswith("CheckpointingProcessor"):

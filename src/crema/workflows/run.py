@@ -403,19 +403,21 @@ def _cluster(cfg: ExecutorConfig):
     return local_cluster(cfg.workers, cfg.threads_per_worker)
 
 
+# dask's nanny starts its workers with MALLOC_TRIM_THRESHOLD_=65536 (freed memory goes back to the OS at
+# once), which also turns off glibc's adaptive mmap threshold: every array above 128 kB is then a fresh
+# mapping whose pages fault in again, and the processor took 1.2-1.3x the CPU time (200k events,
+# alternating runs). With this dask setting unset, a worker allocates as any other Python process does.
+GLIBC_MALLOC = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
+
+
 def local_cluster(workers: int, threads_per_worker: int = 1):
     """The dask ``LocalCluster`` crema starts: worker processes, no dashboard, glibc's own memory allocation."""
     import dask
     from distributed import LocalCluster
 
-    # dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536 (freed memory goes back to the OS at once),
-    # which also turns off glibc's adaptive mmap threshold: every array above 128 kB is then a fresh mapping
-    # whose pages fault in again, and the processor took 1.35-1.75x the CPU time (200k events, alternating runs).
-    # Without it a worker allocates as the iterative executor's process does.
-    environ = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
     # No dashboard; the scheduler's HTTP server (which it starts even without one) on a free local
     # port: its default, 8787, is often taken by another cluster, and dask then warns and retries.
-    with dask.config.set(environ):
+    with dask.config.set({GLIBC_MALLOC: None}):
         return LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
                             dashboard_address="127.0.0.1:0", scheduler_kwargs={"dashboard": False})
 
@@ -425,7 +427,23 @@ def jobqueue_cluster(jq: JobQueue):
     import dask_jobqueue
 
     cls = {"htcondor": dask_jobqueue.HTCondorCluster, "slurm": dask_jobqueue.SLURMCluster}[jq.kind]
-    return cls(cores=jq.cores, memory=jq.memory, **jq.options)
+    import dask.config
+
+    options = dict(jq.options)
+    # the workers' nannies read their dask settings on the batch nodes, so the setting travels in the job
+    # script (see GLIBC_MALLOC); dask's DASK_* variables lower-case their keys, so it goes as the serialised
+    # settings dask hands to processes it starts
+    section, _, key = GLIBC_MALLOC.rpartition(".")
+    setting = dask.config.serialize(_nested(section.split("."), {key: None}))
+    options["job_script_prologue"] = [f"export DASK_INTERNAL_INHERIT_CONFIG={setting}",
+                                      *options.get("job_script_prologue", [])]
+    return cls(cores=jq.cores, memory=jq.memory, **options)
+
+
+def _nested(keys: list[str], value: dict) -> dict:
+    for k in reversed(keys):
+        value = {k: value}
+    return value
 
 
 # ---------------------------------------------------------------------------------------- checkpoints
