@@ -17,7 +17,7 @@ import logging
 import warnings
 import zlib
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -637,17 +637,17 @@ def run(config: Config, proc: processor.ProcessorABC | None = None, *, checkpoin
     ``skip_bad_files`` and :class:`RunInterrupted` on SIGINT/SIGTERM; both carry the report.
     """
     proc = build_processor(config) if proc is None else proc
-    start = time.perf_counter()
-    fileset, report = preflight(config, proc)
-    runs_sums = None
-    if hasattr(proc, "generator_sumw"):  # simulation normalised with the files' Runs trees
-        from crema.workflows.normalisation import runs_tree_sums
-
-        runs_sums = runs_tree_sums(config)
-    report.timings["preflight"] = time.perf_counter() - start
-
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_frozen_heap())
+        refreeze = stack.enter_context(_frozen_heap())
+        start = time.perf_counter()
+        fileset, report = preflight(config, proc)
+        runs_sums = None
+        if hasattr(proc, "generator_sumw"):  # simulation normalised with the files' Runs trees
+            from crema.workflows.normalisation import runs_tree_sums
+
+            runs_sums = runs_tree_sums(config)
+        report.timings["preflight"] = time.perf_counter() - start
+        refreeze()  # the input trees preflight keeps open are left alone too
         if checkpoint is None:
             checkpoint = stack.enter_context(tempfile.TemporaryDirectory(prefix="crema-checkpoint-"))
             resume, resumable = False, False
@@ -672,16 +672,17 @@ def run(config: Config, proc: processor.ProcessorABC | None = None, *, checkpoin
 
 
 @contextlib.contextmanager
-def _frozen_heap() -> Iterator[None]:
-    """Objects alive before the run (imported libraries, kept input trees: ~250k) are left out of the
-    garbage collector's full collections until it ends; each of those otherwise walks them all, about
-    0.15 s, several times a run (pool workers forked meanwhile inherit this)."""
+def _frozen_heap() -> Iterator[Callable[[], None]]:
+    """Objects alive before the run (imported libraries: ~250k) are left out of the garbage collector's
+    full collections until it ends; each of those otherwise walks them all, about 0.15 s, several times
+    a run (reading the input trees' metadata in preflight alone triggers some; pool workers forked
+    meanwhile inherit this). Yields a function that freezes what was made since (the kept trees)."""
     if gc.get_freeze_count():  # frozen by the caller (or an enclosing run): theirs to undo
-        yield
+        yield lambda: None
         return
     gc.freeze()
     try:
-        yield
+        yield gc.freeze
     finally:
         gc.unfreeze()
 
