@@ -31,32 +31,21 @@ def _uses(*branches: str):
 def electron_mask(electrons: ak.Array, cuts: ElectronCuts) -> ak.Array:
     """Loose (fakeable) electrons: kinematics, impact parameters, mini-isolation and ``cuts.id``."""
     e = FlatFields(electrons)
-    return e.jagged(
-        physical_flat(e)
-        & (e["pt"] > cuts.pt_min)
-        & (np.abs(e["eta"]) < cuts.abs_eta_max)
-        & (np.abs(e["dz"]) < cuts.abs_dz_max)
-        & (np.abs(e["dxy"]) < cuts.abs_dxy_max)
-        & (e["sip3d"] <= cuts.sip3d_max)
-        & (e["miniPFRelIso_all"] < cuts.mini_iso_max)
-        & e[cuts.id]
-    )
+    return e.jagged(_lepton_cuts(e, cuts) & (e["miniPFRelIso_all"] < cuts.mini_iso_max))
 
 
 @_uses("Muon_pt", "Muon_eta", "Muon_phi", "Muon_mass", "Muon_dz", "Muon_dxy", "Muon_sip3d", "Muon_pfIsoId")
 def muon_mask(muons: ak.Array, cuts: MuonCuts) -> ak.Array:
     """Loose muons: kinematics, impact parameters, PF isolation ID and ``cuts.id``."""
     m = FlatFields(muons)
-    return m.jagged(
-        physical_flat(m)
-        & (m["pt"] > cuts.pt_min)
-        & (np.abs(m["eta"]) < cuts.abs_eta_max)
-        & (np.abs(m["dz"]) < cuts.abs_dz_max)
-        & (np.abs(m["dxy"]) < cuts.abs_dxy_max)
-        & (m["sip3d"] <= cuts.sip3d_max)
-        & (m["pfIsoId"] >= cuts.pf_iso_id_min)
-        & m[cuts.id]
-    )
+    return m.jagged(_lepton_cuts(m, cuts) & (m["pfIsoId"] >= cuts.pf_iso_id_min))
+
+
+def _lepton_cuts(f: FlatFields, cuts: ElectronCuts | MuonCuts) -> np.ndarray:
+    """What electrons and muons share: kinematics, pt, |eta|, impact parameters, sip3d and ``cuts.id``."""
+    return (physical_flat(f) & (f["pt"] > cuts.pt_min) & (np.abs(f["eta"]) < cuts.abs_eta_max)
+            & (np.abs(f["dz"]) < cuts.abs_dz_max) & (np.abs(f["dxy"]) < cuts.abs_dxy_max)
+            & (f["sip3d"] <= cuts.sip3d_max) & f[cuts.id])
 
 
 def leptons(electrons: ak.Array, muons: ak.Array, ecuts: ElectronCuts, mcuts: MuonCuts) -> ak.Array:
