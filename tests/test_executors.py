@@ -98,6 +98,7 @@ def test_dask_spreads_chunks_over_its_workers(config_path, iterative):
             output, report = run(config)
         # and its workers allocate memory as any Python process (no dask MALLOC_TRIM_THRESHOLD_)
         assert set(client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values()) == {None}
+        assert set(client.run(lambda: dask.config.get("distributed.worker.profile.enabled")).values()) == {False}
     per_worker: dict[str, int] = {}
     for task in stream.data:
         if task["key"].startswith("CheckpointingProcessor"):

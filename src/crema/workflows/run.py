@@ -417,7 +417,8 @@ def local_cluster(workers: int, threads_per_worker: int = 1):
 
     # No dashboard; the scheduler's HTTP server (which it starts even without one) on a free local
     # port: its default, 8787, is often taken by another cluster, and dask then warns and retries.
-    with dask.config.set({GLIBC_MALLOC: None}):
+    # Without a dashboard nothing shows the workers' statistical profile: not sampled (every 10 ms).
+    with dask.config.set({GLIBC_MALLOC: None, "distributed.worker.profile.enabled": False}):
         return LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
                             dashboard_address="127.0.0.1:0", scheduler_kwargs={"dashboard": False})
 
