@@ -11,6 +11,7 @@ import yaml
 from coffea.util import load
 
 from crema.workflows.cli import main as cli
+from crema.workflows import opentrees
 from crema.workflows.config import load_config
 from crema.workflows.run import run
 
@@ -94,8 +95,13 @@ def test_dask_spreads_chunks_over_its_workers(config_path, iterative):
             Client(cluster) as client:
         config = load_config(config_path).with_executor(name="dask", scheduler=cluster.scheduler_address,
                                                          chunksize=1500)
+        opentrees._TREES.clear()
+        opentrees._UUIDS.clear()
         with get_task_stream(client) as stream:
             output, report = run(config)
+        # the workers read the input trees (and keep them for their chunks); this process reads none
+        assert not opentrees._TREES
+        assert sum(client.run(lambda: len(opentrees._TREES)).values()) >= 3
         # and its workers allocate memory as any Python process (no dask MALLOC_TRIM_THRESHOLD_)
         assert set(client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values()) == {None}
         assert set(client.run(lambda: dask.config.get("distributed.worker.profile.enabled")).values()) == {False}

@@ -233,3 +233,16 @@ def test_a_rewritten_input_is_chunked_by_its_new_entries(tmp_path):
     write_subset(path, entry_stop=150)
     _, report = run(config)
     assert report.expected == report.processed == {str(path): 150}
+
+
+def test_inspecting_a_kept_tree_reads_nothing_again(tree_file, monkeypatch):
+    first = opentrees.inspect_tree(tree_file, "Events")
+    assert first["entries"] == 10 and first["branches"] == ["x"] and first["size"] >= first["end"]
+
+    def fail(*args):
+        raise AssertionError("opened again")
+
+    monkeypatch.setattr(opentrees, "_open", fail)
+    again = opentrees.inspect_tree(tree_file, "Events")
+    assert again == first
+    assert OpenTrees.of_records([again["record"]]).files == OpenTrees.of([tree_file]).files

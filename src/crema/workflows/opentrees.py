@@ -85,6 +85,31 @@ def _open(path: str, treename: str, ident: tuple[str, int, int] | None):
     return tree, key.cache_key
 
 
+def inspect_tree(path: str, treename: str) -> dict[str, Any]:
+    """What a run's preflight needs of an input file's tree: entries, branch names, the file's size and
+    the size its header states, its UUID, and the record :meth:`OpenTrees.of_records` keeps it by.
+
+    Read on a handle kept open in this process (see :func:`open_tree`); a tree this process and thread
+    already keep for the unchanged file is used as it is, so a warm worker reads nothing again.
+    """
+    ident = _identity(path)
+    tree = _kept_tree(ident, treename) if ident is not None else None
+    if tree is None:
+        tree = open_tree(path, treename)
+    seen = _UUIDS.get(ident) if ident is not None else None
+    return {"entries": tree.num_entries, "branches": list(tree.keys()), "size": tree.file.source.num_bytes,
+            "end": tree.file.fEND, "uuid": tree.file.fUUID,
+            "record": None if seen is None else (*ident, *seen)}
+
+
+def _kept_tree(ident: tuple[str, int, int], treename: str):
+    seen = _UUIDS.get(ident)
+    if seen is None or seen[1].lstrip("/").split(";")[0] != treename.lstrip("/").split(";")[0]:
+        return None
+    with _LOCK:
+        return _TREES.get((_owner(), *ident, seen[0]))
+
+
 class OpenTrees(MutableMapping):
     """uproot ``object_cache`` returning the trees of this run's input files from handles kept open.
 
@@ -100,14 +125,22 @@ class OpenTrees(MutableMapping):
 
     @classmethod
     def of(cls, paths: Iterable[str]) -> OpenTrees:
-        """The cache for a run over ``paths``: the UUIDs of those opened with :func:`open_tree`."""
-        by_uuid: dict[str, list[tuple[str, int, int, str, str]]] = {}
+        """The cache for a run over ``paths``: the UUIDs of those opened here with :func:`open_tree`."""
+        records = []
         for path in dict.fromkeys(paths):
             ident = _identity(path)
             seen = _UUIDS.get(ident) if ident is not None else None
             if seen is not None:
-                by_uuid.setdefault(seen[0].split(":", 1)[0], []).append((*ident, *seen))
-        return cls({u: idents[0] for u, idents in by_uuid.items() if len(idents) == 1})
+                records.append((*ident, *seen))
+        return cls.of_records(records)
+
+    @classmethod
+    def of_records(cls, records: Iterable[tuple[str, int, int, str, str]]) -> OpenTrees:
+        """The cache for the files :func:`inspect_tree` returned ``record`` for (wherever it ran)."""
+        by_uuid: dict[str, list[tuple[str, int, int, str, str]]] = {}
+        for record in dict.fromkeys(records):
+            by_uuid.setdefault(record[3].split(":", 1)[0], []).append(record)
+        return cls({u: found[0] for u, found in by_uuid.items() if len(found) == 1})
 
     def __reduce__(self):
         return type(self), (self.files,)

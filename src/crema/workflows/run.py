@@ -37,7 +37,7 @@ from crema.histograms import io as store
 from crema.schema import ConfigError, from_dict
 from crema.workflows.config import Config, ExecutorConfig, JobQueue, expand_files
 from crema.workflows.errors import InputError, RunInterrupted  # noqa: F401 (part of this module's API)
-from crema.workflows.opentrees import OpenTrees, open_tree
+from crema.workflows.opentrees import OpenTrees, inspect_tree
 from crema.selections.jetid import resolve_needs, version_hint
 
 # processor name -> (options schema, how to build it from options and the whole config)
@@ -96,6 +96,7 @@ class RunReport:
     extra: dict[str, Any] = field(default_factory=dict)  # processor counters passed through (nonfinite, ...)
     timings: dict[str, float] = field(default_factory=dict)  # stage -> wall-clock seconds
     chunks: list[tuple[str, str, int, int]] = field(default_factory=list, repr=False)  # (key, file, start, stop)
+    trees: list[tuple] = field(default_factory=list, repr=False)  # kept input trees (see OpenTrees.of_records)
     # (dataset, file, tree) -> entries and UUID read in preflight: coffea's preprocessing need not open the file again
     file_meta: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict, repr=False)
 
@@ -260,38 +261,43 @@ def _not_root(path: str) -> str | None:
     return None if head == b"root" else "not a ROOT file"
 
 
-def preflight(config: Config, proc: processor.ProcessorABC) -> tuple[dict[str, Any], RunReport]:
+def preflight(config: Config, proc: processor.ProcessorABC,
+              inspect_files: Callable[[list[tuple[str, str]]], list[Any]] | None = None) -> tuple[dict[str, Any], RunReport]:
     """Open every input file once: check the tree and the branches the processor needs.
 
     An unreadable file raises :class:`InputError` naming it, or with ``skip_bad_files`` is dropped
     and recorded in the report. A missing branch always raises, naming file, branch and its use.
+    ``inspect_files`` reads the files' trees elsewhere (a dask cluster's workers, which keep them for
+    their chunks): ``[(path, tree name)] -> [what inspect_tree returns, or {"error": ...}]``.
     """
     report = RunReport()
     fileset = config.fileset()
+    items = [(d.name, path, tree) for d in config.datasets for path, tree in fileset[d.name]["files"].items()]
+    found = dict(zip(items, (inspect_files or _inspect_here)([(path, tree) for _, path, tree in items])))
     for dataset in config.datasets:
         needs = required_branches(proc, dataset)
         optional = getattr(proc, "optional_branches", lambda sample: {})(dataset.sample)
         files = fileset[dataset.name]["files"]
         report.datasets[dataset.name] = list(files)
         for path, treename in list(files.items()):
-            entries = None
+            info, entries = found[dataset.name, path, treename], None
             try:
-                tree = open_tree(path, treename)  # kept open: coffea's opens per chunk reuse it
-                entries = tree.num_entries
-                report.file_meta[dataset.name, path, treename] = {"numentries": entries, "uuid": tree.file.fUUID}
-                branches = set(tree.keys())
-                size, end = tree.file.source.num_bytes, tree.file.fEND
-                if size < end:  # the header says the file is longer than what is on disk
-                    raise OSError(f"file is truncated: {size} of {end} bytes present")
+                if isinstance(info, BaseException):
+                    raise info
+                if "error" in info:
+                    raise _InspectError(info["error"])
+                entries = info["entries"]
+                branches = set(info["branches"])
+                if info["size"] < info["end"]:  # the header says the file is longer than what is on disk
+                    raise OSError(f"file is truncated: {info['size']} of {info['end']} bytes present")
             except Exception as err:
-                reason = _not_root(path) or f"{type(err).__name__}: {err}"
+                reason = _not_root(path) or (str(err) if isinstance(err, _InspectError) else f"{type(err).__name__}: {err}")
                 if not config.executor.skip_bad_files:
                     raise InputError(f"{path}: cannot read tree {treename!r} ({reason}); "
                                      "use --skip-bad-files to skip it") from err
                 report.bad_files[path] = reason
                 if entries is not None:
                     report.bad_entries[path] = entries
-                report.file_meta.pop((dataset.name, path, treename), None)
                 del files[path]
                 continue
             file_needs, notices = resolve_needs(needs, branches)  # NanoAODv15: jet ID from its inputs
@@ -305,8 +311,42 @@ def preflight(config: Config, proc: processor.ProcessorABC) -> tuple[dict[str, A
                                  f"{version_hint(branches)}")
             for b in sorted(set(optional) - branches):
                 log.warning("%s (dataset %s): no branch %r, so these are left out: %s", path, dataset.name, b, optional[b])
+            report.file_meta[dataset.name, path, treename] = {"numentries": entries, "uuid": info["uuid"]}
+            if info["record"] is not None:
+                report.trees.append(info["record"])
     return fileset, report
 
+
+class _InspectError(Exception):
+    """A file that could not be read where it was inspected (a dask worker): its type and message."""
+
+
+def _inspect_here(items: list[tuple[str, str]]) -> list[Any]:
+    out: list[Any] = []
+    for path, treename in items:
+        try:
+            out.append(inspect_tree(path, treename))  # kept open: coffea's opens per chunk reuse it
+        except Exception as err:
+            out.append(err)
+    return out
+
+
+def _inspect_remote(path: str, treename: str) -> dict[str, Any]:
+    try:
+        return inspect_tree(path, treename)
+    except Exception as err:  # the message, not the exception: it need not unpickle in the client
+        return {"error": f"{type(err).__name__}: {err}"}
+
+
+def _inspect_on(client) -> Callable[[list[tuple[str, str]]], list[Any]]:
+    """Preflight's file reading on a dask cluster's workers: each keeps the trees it read for its chunks,
+    and this process reads no input tree."""
+    def inspect(items: list[tuple[str, str]]) -> list[Any]:
+        if not items:
+            return []
+        paths, trees = zip(*items)
+        return client.gather(client.map(_inspect_remote, paths, trees, pure=False))
+    return inspect
 
 
 SCHEDULER_TIMEOUT_S = 10
@@ -640,8 +680,12 @@ def run(config: Config, proc: processor.ProcessorABC | None = None, *, checkpoin
     proc = build_processor(config) if proc is None else proc
     with contextlib.ExitStack() as stack:
         refreeze = stack.enter_context(_frozen_heap())
+        executor, inspect_files = None, None
+        if config.executor.name == "dask":  # the workers read the input trees, and keep them for their chunks
+            executor = stack.enter_context(executor_for(config.executor))
+            inspect_files = _inspect_on(executor.client)
         start = time.perf_counter()
-        fileset, report = preflight(config, proc)
+        fileset, report = preflight(config, proc, inspect_files)
         runs_sums = None
         if hasattr(proc, "generator_sumw"):  # simulation normalised with the files' Runs trees
             from crema.workflows.normalisation import runs_tree_sums
@@ -657,7 +701,7 @@ def run(config: Config, proc: processor.ProcessorABC | None = None, *, checkpoin
         chunk_dir = open_checkpoint(checkpoint, run_manifest(config, proc), resume)
         stack.enter_context(_sigterm_interrupts())
         try:
-            output = _run_chunks(config, proc, fileset, report, chunk_dir, runs_sums)
+            output = _run_chunks(config, proc, fileset, report, chunk_dir, runs_sums, executor)
         except KeyboardInterrupt:
             report.status = "interrupted"
             report.count_done(_done_keys(chunk_dir))
@@ -689,7 +733,8 @@ def _frozen_heap() -> Iterator[Callable[[], None]]:
 
 
 def _run_chunks(config: Config, proc, fileset, report: RunReport, chunk_dir: Path,
-                runs_sums: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+                runs_sums: dict[str, dict[str, float]] | None = None,
+                executor: processor.executor.ExecutorBase | None = None) -> dict[str, Any]:
     ex = config.executor
     order = {d.name: (i, {f: j for j, f in enumerate(report.datasets[d.name])}) for i, d in enumerate(config.datasets)}
 
@@ -697,7 +742,7 @@ def _run_chunks(config: Config, proc, fileset, report: RunReport, chunk_dir: Pat
         ds, files = order[item.dataset]
         return ds, files.get(item.filename, len(files)), item.entrystart
 
-    with executor_for(ex) as executor:
+    with contextlib.nullcontext(executor) if executor is not None else executor_for(ex) as executor:
         runner = processor.Runner(
             executor=executor,
             schema=NanoAODSchema,
@@ -708,7 +753,7 @@ def _run_chunks(config: Config, proc, fileset, report: RunReport, chunk_dir: Pat
             metadata_cache={FileMeta(*k): dict(m) for k, m in report.file_meta.items()},
         )
         # input trees read once per process, not once per chunk (see crema.workflows.opentrees)
-        uproot_options = {"object_cache": OpenTrees.of(f for d in fileset.values() for f in d["files"])}
+        uproot_options = {"object_cache": OpenTrees.of_records(report.trees)}
         chunks = sorted(runner.preprocess(fileset, treename="Events", uproot_options=uproot_options), key=position)
         file_entries: dict[str, int] = defaultdict(int)  # the chunks of a file cover all of its entries
         for c in chunks:
