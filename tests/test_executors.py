@@ -96,7 +96,7 @@ def test_dask_spreads_chunks_over_its_workers(config_path, iterative):
         config = load_config(config_path).with_executor(name="dask", scheduler=cluster.scheduler_address,
                                                          chunksize=1500)
         opentrees._TREES.clear()
-        opentrees._UUIDS.clear()
+        opentrees._KEPT.clear()
         with get_task_stream(client) as stream:
             output, report = run(config)
         # the workers read the input trees (and keep them for their chunks); this process reads none

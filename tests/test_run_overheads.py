@@ -25,6 +25,11 @@ def tree_file(tmp_path):
     return str(path)
 
 
+def _cache(*paths) -> OpenTrees:
+    """The cache a run over ``paths`` hands to coffea (each file inspected as preflight does)."""
+    return OpenTrees.of([opentrees.inspect_tree(p, "Events")["record"] for p in paths])
+
+
 @pytest.fixture(autouse=True)
 def empty_store():
     opentrees._TREES.clear()
@@ -34,7 +39,7 @@ def empty_store():
 
 def test_a_second_open_of_the_file_takes_the_kept_tree(tree_file):
     kept = open_tree(tree_file, "Events")
-    with uproot.open(tree_file, object_cache=OpenTrees.of([tree_file])) as f:
+    with uproot.open(tree_file, object_cache=_cache(tree_file)) as f:
         tree = f["Events"]
     assert tree is kept
     # read after that handle closed: the kept tree reads through its own open handle
@@ -49,19 +54,19 @@ def test_a_copy_with_the_same_uuid_gets_its_own_tree(tree_file, tmp_path):
     with uproot.open(copy) as f, uproot.open(tree_file) as g:
         assert f.file.hex_uuid == g.file.hex_uuid
     # both in one run: their shared UUID cannot tell them apart, so neither is cached
-    both = OpenTrees.of([tree_file, copy])
+    both = _cache(tree_file, copy)
     assert both.files == {}
     with uproot.open(copy, object_cache=both) as f:
         assert f["Events"].file.file_path == copy
     # the copy alone: its own tree, never the original's
-    with uproot.open(copy, object_cache=OpenTrees.of([copy])) as f:
+    with uproot.open(copy, object_cache=_cache(copy)) as f:
         tree = f["Events"]
     assert tree.file.file_path == copy and not tree.file.closed
 
 
 def test_a_file_changed_on_disk_is_read_again(tree_file):
     open_tree(tree_file, "Events")
-    cache = OpenTrees.of([tree_file])
+    cache = _cache(tree_file)
     st = os.stat(tree_file)
     os.utime(tree_file, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     with uproot.open(tree_file, object_cache=cache) as f:
@@ -71,7 +76,7 @@ def test_a_file_changed_on_disk_is_read_again(tree_file):
 
 def test_a_worker_reads_a_tree_it_lacks_once_on_its_own_handle(tree_file):
     open_tree(tree_file, "Events")
-    cache = pickle.loads(pickle.dumps(OpenTrees.of([tree_file])))  # as sent to a worker
+    cache = pickle.loads(pickle.dumps(_cache(tree_file)))  # as sent to a worker
     opentrees._TREES.clear()  # the worker's store starts empty
     with uproot.open(tree_file, object_cache=cache) as f:
         first = f["Events"]
@@ -89,7 +94,7 @@ def test_other_objects_of_an_input_file_are_not_kept(tmp_path):
         f.mktree("Events", {"x": np.float64})
         f.mktree("Runs", {"y": np.float64})
     open_tree(path, "Events")
-    cache = OpenTrees.of([path])
+    cache = _cache(path)
     opentrees._TREES.clear()
     with uproot.open(path, object_cache=cache) as f:
         runs = f["Runs"]
@@ -98,7 +103,7 @@ def test_other_objects_of_an_input_file_are_not_kept(tmp_path):
 
 def test_an_unreadable_file_is_left_to_the_callers_own_read(tree_file, monkeypatch):
     open_tree(tree_file, "Events")
-    cache = OpenTrees.of([tree_file])
+    cache = _cache(tree_file)
     opentrees._TREES.clear()
 
     def fail(*args):
@@ -195,9 +200,9 @@ def test_a_kept_tree_holds_no_arrays_or_mapped_pages(tree_file):
     assert not isinstance(tree.file.source, uproot.source.file.MemmapSource)  # pages read would stay resident
 
 
-def _forked_lookup(path, key, parents, queue):
+def _forked_lookup(cache, key, parents, queue):
     """In a forked child: whose tree the lookup under the parent's cache key returns."""
-    tree = OpenTrees.of([path])[key]
+    tree = cache[key]
     queue.put("parent's" if tree is parents else f"own, sum {tree['x'].array(library='np').sum():.0f}")
 
 
@@ -208,10 +213,10 @@ def test_a_forked_worker_does_not_use_the_parents_handle(tree_file):
 
     kept = open_tree(tree_file, "Events")
     key = next(k[-1] for k in opentrees._TREES if k[1] == tree_file)
-    assert OpenTrees.of([tree_file])[key] is kept  # this process finds it
+    assert _cache(tree_file)[key] is kept  # this process finds it
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
-    child = context.Process(target=_forked_lookup, args=(tree_file, key, kept, queue))
+    child = context.Process(target=_forked_lookup, args=(_cache(tree_file), key, kept, queue))
     child.start()
     child.join(60)
     assert queue.get(timeout=10) == "own, sum 45"
@@ -245,4 +250,4 @@ def test_inspecting_a_kept_tree_reads_nothing_again(tree_file, monkeypatch):
     monkeypatch.setattr(opentrees, "_open", fail)
     again = opentrees.inspect_tree(tree_file, "Events")
     assert again == first
-    assert OpenTrees.of_records([again["record"]]).files == OpenTrees.of([tree_file]).files
+    assert OpenTrees.of([again["record"]]).files == _cache(tree_file).files

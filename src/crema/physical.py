@@ -64,7 +64,7 @@ def physical_kinematics(objects: ak.Array, fields: Iterable[str] = KINEMATICS) -
     return mask
 
 
-def physical_values(values, fields: Iterable[str] = KINEMATICS) -> np.ndarray:
+def physical_values(values, fields: Iterable[str]) -> np.ndarray:
     """Per object: every one of ``fields`` of ``values`` (flat numpy by field name, e.g. a
     :class:`crema.flat.FlatFields`) is :func:`physical`."""
     fields = list(fields)

@@ -16,14 +16,9 @@ import numpy as np
 from crema.flat import FlatFields
 
 
-def _flat(values: ak.Array) -> np.ndarray:
-    return np.asarray(ak.to_numpy(ak.flatten(values, axis=1)))
-
-
 def _counts_eta_phi(x: ak.Array | FlatFields) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if isinstance(x, FlatFields):
-        return x.counts, x["eta"], x["phi"]
-    return np.asarray(ak.to_numpy(ak.num(x, axis=1)), dtype=np.int64), _flat(x["eta"]), _flat(x["phi"])
+    f = x if isinstance(x, FlatFields) else FlatFields(x)
+    return f.counts, f["eta"], f["phi"]
 
 
 def delta_r_pairs(a: ak.Array | FlatFields, b: ak.Array | FlatFields) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

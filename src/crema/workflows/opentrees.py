@@ -28,7 +28,7 @@ _LOCK = threading.Lock()
 _TREES: OrderedDict[tuple, Any] = OrderedDict()
 # (path, size, mtime_ns) -> uproot's cache key of the kept tree (the file's UUID, then the tree's place
 # in it) and the tree's path, for files opened here
-_UUIDS: dict[tuple[str, int, int], tuple[str, str]] = {}
+_KEPT: dict[tuple[str, int, int], tuple[str, str]] = {}
 
 
 def _owner() -> tuple[int, int]:
@@ -54,7 +54,7 @@ def _keep(ident: tuple[str, int, int], cache_key: str, tree) -> tuple:
     with _LOCK:
         _TREES[key] = tree
         _TREES.move_to_end(key)
-        _UUIDS[ident] = cache_key, tree.object_path
+        _KEPT[ident] = cache_key, tree.object_path
         while len(_TREES) > MAX_OPEN:
             _TREES.popitem(last=False)
     return key
@@ -87,7 +87,7 @@ def _open(path: str, treename: str, ident: tuple[str, int, int] | None):
 
 def inspect_tree(path: str, treename: str) -> dict[str, Any]:
     """What a run's preflight needs of an input file's tree: entries, branch names, the file's size and
-    the size its header states, its UUID, and the record :meth:`OpenTrees.of_records` keeps it by.
+    the size its header states, its UUID, and the record :meth:`OpenTrees.of` keeps it by.
 
     Read on a handle kept open in this process (see :func:`open_tree`); a tree this process and thread
     already keep for the unchanged file is used as it is, so a warm worker reads nothing again.
@@ -96,14 +96,14 @@ def inspect_tree(path: str, treename: str) -> dict[str, Any]:
     tree = _kept_tree(ident, treename) if ident is not None else None
     if tree is None:
         tree = open_tree(path, treename)
-    seen = _UUIDS.get(ident) if ident is not None else None
+    seen = _KEPT.get(ident) if ident is not None else None
     return {"entries": tree.num_entries, "branches": list(tree.keys()), "size": tree.file.source.num_bytes,
             "end": tree.file.fEND, "uuid": tree.file.fUUID,
             "record": None if seen is None else (*ident, *seen)}
 
 
 def _kept_tree(ident: tuple[str, int, int], treename: str):
-    seen = _UUIDS.get(ident)
+    seen = _KEPT.get(ident)
     if seen is None or seen[1].lstrip("/").split(";")[0] != treename.lstrip("/").split(";")[0]:
         return None
     with _LOCK:
@@ -113,8 +113,8 @@ def _kept_tree(ident: tuple[str, int, int], treename: str):
 class OpenTrees(MutableMapping):
     """uproot ``object_cache`` returning the trees of this run's input files from handles kept open.
 
-    ``files`` maps a file's UUID to (path, size, mtime_ns, the tree's cache key, the tree's path); a UUID two input files share is
-    left out (nothing of those files is cached). Other objects are not cached. Pickles to its ``files``
+    ``files`` maps a file's UUID to (path, size, mtime_ns, the tree's cache key, the tree's path); a UUID
+    two input files share is left out (nothing of those files is cached). Other objects are not cached. Pickles to its ``files``
     only, so dask and process-pool workers fill their own store: a worker asked for a tree it has not
     kept reads it on a handle of its own, once, and its later chunks of that file (in this run or the
     next over the same files) take it from there.
@@ -124,19 +124,8 @@ class OpenTrees(MutableMapping):
         self.files = dict(files)
 
     @classmethod
-    def of(cls, paths: Iterable[str]) -> OpenTrees:
-        """The cache for a run over ``paths``: the UUIDs of those opened here with :func:`open_tree`."""
-        records = []
-        for path in dict.fromkeys(paths):
-            ident = _identity(path)
-            seen = _UUIDS.get(ident) if ident is not None else None
-            if seen is not None:
-                records.append((*ident, *seen))
-        return cls.of_records(records)
-
-    @classmethod
-    def of_records(cls, records: Iterable[tuple[str, int, int, str, str]]) -> OpenTrees:
-        """The cache for the files :func:`inspect_tree` returned ``record`` for (wherever it ran)."""
+    def of(cls, records: Iterable[tuple[str, int, int, str, str]]) -> OpenTrees:
+        """The cache for a run over the files :func:`inspect_tree` returned ``record`` for (wherever it ran)."""
         by_uuid: dict[str, list[tuple[str, int, int, str, str]]] = {}
         for record in dict.fromkeys(records):
             by_uuid.setdefault(record[3].split(":", 1)[0], []).append(record)

@@ -96,7 +96,7 @@ class RunReport:
     extra: dict[str, Any] = field(default_factory=dict)  # processor counters passed through (nonfinite, ...)
     timings: dict[str, float] = field(default_factory=dict)  # stage -> wall-clock seconds
     chunks: list[tuple[str, str, int, int]] = field(default_factory=list, repr=False)  # (key, file, start, stop)
-    trees: list[tuple] = field(default_factory=list, repr=False)  # kept input trees (see OpenTrees.of_records)
+    trees: list[tuple] = field(default_factory=list, repr=False)  # kept input trees (see OpenTrees.of)
     # (dataset, file, tree) -> entries and UUID read in preflight: coffea's preprocessing need not open the file again
     file_meta: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict, repr=False)
 
@@ -262,7 +262,7 @@ def _not_root(path: str) -> str | None:
 
 
 def preflight(config: Config, proc: processor.ProcessorABC,
-              inspect_files: Callable[[list[tuple[str, str]]], list[Any]] | None = None) -> tuple[dict[str, Any], RunReport]:
+              inspect_files: Callable[[list[tuple[str, str]]], list[dict[str, Any]]] | None = None) -> tuple[dict[str, Any], RunReport]:
     """Open every input file once: check the tree and the branches the processor needs.
 
     An unreadable file raises :class:`InputError` naming it, or with ``skip_bad_files`` is dropped
@@ -282,8 +282,6 @@ def preflight(config: Config, proc: processor.ProcessorABC,
         for path, treename in list(files.items()):
             info, entries = found[dataset.name, path, treename], None
             try:
-                if isinstance(info, BaseException):
-                    raise info
                 if "error" in info:
                     raise _InspectError(info["error"])
                 entries = info["entries"]
@@ -318,34 +316,28 @@ def preflight(config: Config, proc: processor.ProcessorABC,
 
 
 class _InspectError(Exception):
-    """A file that could not be read where it was inspected (a dask worker): its type and message."""
+    """A file that could not be read where it was inspected: its type and message."""
 
 
-def _inspect_here(items: list[tuple[str, str]]) -> list[Any]:
-    out: list[Any] = []
-    for path, treename in items:
-        try:
-            out.append(inspect_tree(path, treename))  # kept open: coffea's opens per chunk reuse it
-        except Exception as err:
-            out.append(err)
-    return out
-
-
-def _inspect_remote(path: str, treename: str) -> dict[str, Any]:
+def _inspect(path: str, treename: str) -> dict[str, Any]:
     try:
-        return inspect_tree(path, treename)
-    except Exception as err:  # the message, not the exception: it need not unpickle in the client
+        return inspect_tree(path, treename)  # kept open: coffea's opens per chunk reuse it
+    except Exception as err:  # the message, not the exception: from a dask worker it need not unpickle here
         return {"error": f"{type(err).__name__}: {err}"}
 
 
-def _inspect_on(client) -> Callable[[list[tuple[str, str]]], list[Any]]:
+def _inspect_here(items: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    return [_inspect(path, treename) for path, treename in items]
+
+
+def _inspect_on(client) -> Callable[[list[tuple[str, str]]], list[dict[str, Any]]]:
     """Preflight's file reading on a dask cluster's workers: each keeps the trees it read for its chunks,
     and this process reads no input tree."""
-    def inspect(items: list[tuple[str, str]]) -> list[Any]:
+    def inspect(items: list[tuple[str, str]]) -> list[dict[str, Any]]:
         if not items:
             return []
         paths, trees = zip(*items)
-        return client.gather(client.map(_inspect_remote, paths, trees, pure=False))
+        return client.gather(client.map(_inspect, paths, trees, pure=False))
     return inspect
 
 
@@ -465,11 +457,10 @@ def local_cluster(workers: int, threads_per_worker: int = 1):
 
 def jobqueue_cluster(jq: JobQueue):
     """A dask-jobqueue HTCondor or SLURM cluster (not yet scaled) from the config's settings."""
+    import dask.config
     import dask_jobqueue
 
     cls = {"htcondor": dask_jobqueue.HTCondorCluster, "slurm": dask_jobqueue.SLURMCluster}[jq.kind]
-    import dask.config
-
     options = dict(jq.options)
     # the workers' nannies read their dask settings on the batch nodes, so the setting travels in the job
     # script (see GLIBC_MALLOC); dask's DASK_* variables lower-case their keys, so it goes as the serialised
@@ -753,7 +744,7 @@ def _run_chunks(config: Config, proc, fileset, report: RunReport, chunk_dir: Pat
             metadata_cache={FileMeta(*k): dict(m) for k, m in report.file_meta.items()},
         )
         # input trees read once per process, not once per chunk (see crema.workflows.opentrees)
-        uproot_options = {"object_cache": OpenTrees.of_records(report.trees)}
+        uproot_options = {"object_cache": OpenTrees.of(report.trees)}
         chunks = sorted(runner.preprocess(fileset, treename="Events", uproot_options=uproot_options), key=position)
         file_entries: dict[str, int] = defaultdict(int)  # the chunks of a file cover all of its entries
         for c in chunks:
