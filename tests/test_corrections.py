@@ -521,3 +521,48 @@ def test_corrector_validates_an_era_built_in_code(era):
     bad = replace(era, electron=replace(era.electron, working_point="wp99"))
     with pytest.raises(ConfigError, match=r"electron\.working_point: .*wp90iso"):
         EventWeights(bad)
+
+
+# --------------------------------------------------------------------------- binned tables
+def test_bin_finder_is_searchsorted():
+    from crema.corrections.files import BinFinder
+
+    rng = np.random.default_rng(5)
+    edge_sets = [np.linspace(-5.191, 5.191, 83), np.array([0.0, 1e-9, 1.0, 1000.0]), np.array([-1.0, 1.0])]
+    edge_sets += [np.unique(rng.uniform(-10, 10, rng.integers(2, 100))) for _ in range(50)]
+    for edges in edge_sets:
+        x = np.concatenate([rng.uniform(edges[0], edges[-1], 5000), edges[:-1], np.nextafter(edges[1:], -np.inf),
+                            np.nextafter(edges[1:-1], np.inf)])
+        x = np.clip(x, edges[0], np.nextafter(edges[-1], -np.inf))
+        np.testing.assert_array_equal(BinFinder(edges).bins(x), np.searchsorted(edges, x, side="right") - 1)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        BinFinder(np.array([0.0, 1.0, 1.0]))
+
+
+def test_binned_table_gives_correctionlibs_values():
+    from crema.corrections import files
+
+    path = CORRECTIONS_DIR / "jetvetomaps_2022_Winter22.json.gz"
+    name = "Winter22Run3_RunCD_V1"
+    corr = files.correction_set(path)[name]
+    rng = np.random.default_rng(7)
+    for kind in ("jetvetomap", "jetvetomap_hot", "jetvetomap_eep"):
+        table = files.binned_table(path, name, {"type": kind})
+        eta_edges, phi_edges = table.edges
+        # every bin edge and its neighbours on both axes, values beyond the map, and non-finite positions
+        eta = np.concatenate([rng.uniform(-6, 6, 20000), np.repeat(eta_edges, 3), np.nextafter(eta_edges, 9),
+                              np.nextafter(eta_edges, -9), [np.nan, np.inf, -np.inf, 0.0, 0.0]])
+        phi = np.concatenate([rng.uniform(-3.5, 3.5, 20000),
+                              rng.choice(np.concatenate([phi_edges, np.nextafter(phi_edges, 9),
+                                                         np.nextafter(phi_edges, -9)]), eta.size - 20005),
+                              [0.0, 0.0, 0.0, np.nan, -np.inf]])
+        ranges = files.input_ranges(files.summary(path).require(name, "c"), {"type": kind})
+        expected = files.evaluate(corr, [kind, eta, phi], [None, ranges["eta"], ranges["phi"]])
+        got = table.evaluate({"eta": eta, "phi": phi})
+        np.testing.assert_array_equal(got, expected)
+        assert np.isnan(got[-5:-2]).all() and np.isnan(got[-2:]).all()
+        assert (got[:-5] != 0).any() or kind == "jetvetomap_eep"
+    # a branch that is not one binning of numbers is left to correctionlib
+    assert files.binned_table(path, name, {}) is None
+    assert files.binned_table(JERC, JEC_MC, {}) is None  # compound
+    assert files.binned_table(JERC, RESOLUTION, {}) is None  # formulas

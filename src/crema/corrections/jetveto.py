@@ -71,17 +71,21 @@ class JetVeto:
 
     def in_vetoed_region(self, eta: np.ndarray, phi: np.ndarray) -> np.ndarray:
         """Whether each (eta, phi) lies in a vetoed region (map value non-zero)."""
-        corr = files.correction_set(self.path)[self.config.correction]
-        values = files.evaluate(corr, [self.config.type, np.asarray(eta, dtype=np.float64),
-                                       np.asarray(phi, dtype=np.float64)],
-                                [None, self.ranges.get("eta"), self.ranges.get("phi")])
+        table = files.binned_table(self.path, self.config.correction, {"type": self.config.type})
+        if table is not None:
+            values = table.evaluate({"eta": eta, "phi": phi})
+        else:
+            corr = files.correction_set(self.path)[self.config.correction]
+            values = files.evaluate(corr, [self.config.type, np.asarray(eta, dtype=np.float64),
+                                           np.asarray(phi, dtype=np.float64)],
+                                    [None, self.ranges.get("eta"), self.ranges.get("phi")])
         return values != 0  # NaN (a non-finite position) counts as vetoed
 
     def passes(self, jets: ak.Array, muons: ak.Array) -> np.ndarray:
         """Per event: True when no selected jet lies in a vetoed region."""
         j = FlatFields(jets)
         selected = self._veto_jets_flat(j, muons)
-        event = np.repeat(np.arange(len(j.counts)), j.counts)[selected]
+        event = j.event_index[selected]
         vetoed = self.in_vetoed_region(j["eta"][selected], j["phi"][selected])
         return np.bincount(event[vetoed], minlength=len(j.counts)) == 0
 
