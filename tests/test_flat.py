@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import awkward as ak
 import numpy as np
 import pytest
@@ -79,3 +80,86 @@ def test_flat_fields_need_one_level_of_jaggedness(events):
     f = FlatFields(events.Jet)
     assert f["pt"] is f["pt"]  # flattened once
     assert ak.to_list(f.jagged(f["pt"] > 0)[:2]) == ak.to_list((events.Jet.pt > 0)[:2])
+
+
+def _leptons_awkward(electrons, muons, ecuts, mcuts):
+    """The selected leptons as awkward builds them: one record type, concatenated, stably sorted by pt."""
+    from coffea.nanoevents.methods import candidate
+
+    parts = []
+    for coll, mask, tight in ((electrons, electron_mask(electrons, ecuts), ecuts.tight_id),
+                              (muons, muon_mask(muons, mcuts), mcuts.tight_id)):
+        sel = coll[mask]
+        parts.append(ak.zip({"pt": sel.pt, "eta": sel.eta, "phi": sel.phi, "mass": sel.mass, "charge": sel.charge,
+                             "pdgId": sel.pdgId, "tight": sel[tight]},
+                            with_name="PtEtaPhiMCandidate", behavior=candidate.behavior))
+    merged = ak.concatenate(parts, axis=1)
+    return merged[ak.argsort(merged.pt, axis=1, ascending=False)]
+
+
+@pytest.fixture(scope="module")
+def dilepton(tmp_path_factory):
+    from crema.generate import write_nanoaod
+
+    path = tmp_path_factory.mktemp("flat") / "tt_dl.root"
+    write_nanoaod(path, "tt_dl", 3000, seed=4)
+    return NanoEventsFactory.from_root({str(path): "Events"}, schemaclass=NanoAODSchema, mode="eager").events()
+
+
+def test_leptons_equal_the_awkward_construction(events, dilepton, cfg):
+    for sample in (events, dilepton, dilepton[:0]):
+        got = leptons(sample.Electron, sample.Muon, cfg.electron, cfg.muon)
+        expected = _leptons_awkward(sample.Electron, sample.Muon, cfg.electron, cfg.muon)
+        # the same types (uproot's C++ type names of the branches are not carried over)
+        assert str(got.type) == re.sub(r'\[parameters=\{"typename": "[^"]*"\}\]', "", str(expected.type))
+        assert got.to_list() == expected.to_list()
+        assert ak.all(got.mass == expected.mass) and ak.all(abs(got.delta_phi(expected)) == 0)  # vector behaviour
+    both = leptons(dilepton.Electron, dilepton.Muon, cfg.electron, cfg.muon)
+    assert ak.sum(ak.num(both) >= 2) > 500 and ak.any(abs(both.pdgId) == 11) and ak.any(abs(both.pdgId) == 13)
+
+
+@pytest.mark.parametrize("channel", ["sl", "dl"])
+def test_lepton_steps_equal_the_awkward_cuts(events, dilepton, cfg, channel):
+    from crema.selections.hhbbww import _lepton_steps
+
+    cuts = cfg.channels[channel]
+    for sample in (events, dilepton):
+        leps = leptons(sample.Electron, sample.Muon, cfg.electron, cfg.muon)
+        lead = ak.pad_none(leps, 2, axis=1)
+        n = cuts.n_leptons
+        expected = {f"{n} lepton{'s' if n > 1 else ''}": ak.num(leps) == n}
+        pt_ok = lead[:, 0].pt > cuts.leading_lepton_pt_min
+        if n > 1:
+            pt_ok = pt_ok & (lead[:, 1].pt > cuts.subleading_lepton_pt_min)
+        expected["lepton pt"] = pt_ok
+        if cuts.opposite_charge and n > 1:
+            expected["opposite charge"] = lead[:, 0].charge * lead[:, 1].charge < 0
+        if cuts.tight_leptons:
+            expected["tight leptons"] = ak.all(leps[:, :n].tight, axis=1)
+        got = dict(_lepton_steps(leps, cuts))
+        assert list(got) == list(expected)
+        for name, mask in expected.items():
+            np.testing.assert_array_equal(got[name], ak.to_numpy(ak.fill_none(mask, False)), err_msg=name)
+            assert got[name].dtype == bool
+    assert got["lepton pt"].any() and not got["lepton pt"].all()  # the dilepton sample: both outcomes
+
+
+def test_flat_fields_of_selected_collections(events, dilepton):
+    """Masked events, masked objects, reordered objects: every field as ak.flatten gives it."""
+    for sample in (events, dilepton):
+        jets = sample.Jet
+        central = jets[jets.pt > 30]
+        chosen = central[ak.num(central) >= 2]
+        by_btag = chosen[ak.argsort(chosen.btagDeepFlavB, axis=1, ascending=False)]
+        for coll in (jets, central, chosen, by_btag, by_btag[::2], sample.Muon[sample.Muon.isPFcand]):
+            f = FlatFields(coll)
+            np.testing.assert_array_equal(f.counts, ak.to_numpy(ak.num(coll)))
+            for field in ("pt", "eta", "jetId", "btagDeepFlavB"):
+                if field in coll.fields:
+                    np.testing.assert_array_equal(f[field], ak.to_numpy(ak.flatten(coll[field])), err_msg=field)
+            assert f._record is not None  # each went through the gather index
+            np.testing.assert_array_equal(f.event_index, np.repeat(np.arange(len(coll)), ak.to_numpy(ak.num(coll))))
+    padded = ak.pad_none(events.Jet, 3, axis=1)  # missing objects: through ak.flatten
+    f = FlatFields(padded[ak.num(events.Jet) >= 3])
+    assert f._record is None
+    np.testing.assert_array_equal(f["pt"], ak.to_numpy(ak.flatten(padded[ak.num(events.Jet) >= 3].pt)))

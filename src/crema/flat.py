@@ -13,26 +13,87 @@ import numpy as np
 
 
 class FlatFields:
-    """The fields of a singly jagged collection (``events.Jet``...) as flat numpy, each flattened once."""
+    """The fields of a singly jagged collection (``events.Jet``...) as flat numpy, each flattened once.
+
+    A collection of records read straight from the file, or selected from one (events or objects
+    masked, objects reordered), is a list layout over ``IndexedArray`` levels over the record: its
+    flat objects are one gather index into the record's field buffers, computed once, and each
+    field is one ``take`` (~10-100 us against ~0.4-0.6 ms for ``ak.flatten``). Any other layout (a
+    zipped collection, missing objects) goes through ``ak.flatten``.
+    """
 
     def __init__(self, objects: ak.Array) -> None:
         if objects.ndim != 2:
             raise ValueError(f"FlatFields needs a collection jagged once per event, got {objects.ndim} dimensions")
         self.objects = objects
-        self.counts = np.asarray(ak.to_numpy(ak.num(objects, axis=1)), dtype=np.int64)
+        self._record, self._index = None, None
+        gathered = _gather(objects.layout)
+        if gathered is not None:
+            self.counts, self._index, self._record = gathered
+        else:
+            self.counts = np.asarray(ak.to_numpy(ak.num(objects, axis=1)), dtype=np.int64)
         self._values: dict[str, np.ndarray] = {}
+        self._event_index: np.ndarray | None = None
 
     @property
     def fields(self) -> list[str]:
         return ak.fields(self.objects)
 
+    @property
+    def event_index(self) -> np.ndarray:
+        """The event (row) of each flat object."""
+        if self._event_index is None:
+            self._event_index = np.repeat(np.arange(self.counts.size), self.counts)
+        return self._event_index
+
+    @property
+    def starts(self) -> np.ndarray:
+        """Per event: the flat index of its first object."""
+        return np.cumsum(self.counts) - self.counts
+
     def __getitem__(self, field: str) -> np.ndarray:
         values = self._values.get(field)
         if values is None:
-            values = np.asarray(ak.to_numpy(ak.flatten(self.objects[field], axis=1), allow_missing=False))
+            values = self._direct(field)
+            if values is None:
+                values = np.asarray(ak.to_numpy(ak.flatten(self.objects[field], axis=1), allow_missing=False))
             self._values[field] = values
         return values
 
+    def _direct(self, field: str) -> np.ndarray | None:
+        if self._record is None or not self._record.has_field(field):
+            return None
+        content = self._record.content(field)
+        if (not isinstance(content, ak.contents.NumpyArray) or content.parameter("__array__") is not None
+                or len(content.inner_shape)):
+            return None
+        return np.asarray(content.data)[self._index]
+
     def jagged(self, flat: np.ndarray) -> ak.Array:
         """Per-object ``flat`` values in the collection's event structure."""
-        return ak.unflatten(flat, self.counts)
+        offsets = np.zeros(self.counts.size + 1, dtype=np.int64)
+        np.cumsum(self.counts, out=offsets[1:])
+        return ak.Array(ak.contents.ListOffsetArray(ak.index.Index64(offsets), ak.contents.NumpyArray(flat)))
+
+
+def _gather(layout) -> tuple[np.ndarray, np.ndarray | slice, ak.contents.RecordArray] | None:
+    """``(counts, index, record)`` such that ``field[index]`` of ``record`` are the flat objects of a
+    list layout (``slice`` when they are contiguous); ``None`` for layouts it does not cover."""
+    if isinstance(layout, ak.contents.ListOffsetArray):
+        offsets = np.asarray(layout.offsets.data, dtype=np.int64)
+        counts, index = np.diff(offsets), slice(int(offsets[0]), int(offsets[-1]))
+    elif isinstance(layout, ak.contents.ListArray):
+        starts = np.asarray(layout.starts.data, dtype=np.int64)
+        counts = np.asarray(layout.stops.data, dtype=np.int64) - starts
+        first = np.cumsum(counts) - counts  # per event: its first flat object
+        index = np.repeat(starts - first, counts) + np.arange(int(counts.sum()))
+    else:
+        return None
+    content = layout.content
+    while isinstance(content, ak.contents.IndexedArray) and not content.parameters:
+        positions = np.asarray(content.index.data, dtype=np.int64)
+        index = positions[index]
+        content = content.content
+    if not isinstance(content, ak.contents.RecordArray):
+        return None
+    return counts, index, content

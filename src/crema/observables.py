@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import awkward as ak
 import numpy as np
 
+from crema.flat import FlatFields
 from crema.schema import ConfigError
 
 __all__ = ["COLLECTIONS", "FUNCTIONS", "Expression", "Observables", "ObjectRef", "parse"]
@@ -191,6 +192,7 @@ class Observables:
         self._slots: dict[str, int] = {}
         self._arrays: dict[tuple[str, str], np.ndarray] = {}
         self._values: dict[str, np.ndarray] = {}
+        self._flat: dict[str, FlatFields] = {}
 
     def collection(self, name: str) -> ak.Array:
         """The awkward array of collection ``name`` (built on first use when given as a function)."""
@@ -216,11 +218,29 @@ class Observables:
         arr = self._arrays.get(key)
         if arr is None or arr.shape[1] < k:
             self._slots[collection] = k
-            padded = ak.pad_none(self.collection(collection)[name], k, axis=1, clip=True)
-            # a masked numpy array filled with NaN: cheaper than ak.fill_none on the option type
-            arr = np.ma.filled(ak.to_numpy(padded).astype(np.float64), np.nan).reshape(self.n, k)
-            self._arrays[key] = arr
+            arr = self._arrays[key] = self._padded(collection, name, k)
         return arr[:, index]
+
+    def _padded(self, collection: str, name: str, k: int) -> np.ndarray:
+        """(events, k) float64: ``name`` of the first ``k`` objects of each event, NaN past the last."""
+        objects = self.collection(collection)
+        flat = self._flat.get(collection)
+        if flat is None and objects.ndim == 2:
+            flat = self._flat[collection] = FlatFields(objects)
+        try:
+            values = flat[name] if flat is not None else None
+        except (ValueError, TypeError):  # missing values inside the collection: awkward pads them too
+            values = None
+        if values is None:
+            padded = ak.pad_none(objects[name], k, axis=1, clip=True)
+            return np.ma.filled(ak.to_numpy(padded).astype(np.float64), np.nan).reshape(self.n, k)
+        # on the flat values (awkward's pad_none costs ~2 ms per field and chunk)
+        arr = np.full((self.n, k), np.nan)
+        starts = flat.starts
+        for j in range(k):
+            has = flat.counts > j
+            arr[has, j] = values[starts[has] + j]
+        return arr
 
     def _p4(self, objects: tuple[ObjectRef, ...]) -> tuple[np.ndarray, ...]:
         """(px, py, pz, E) sums over ``objects``; pz and E are zero for transverse-only objects."""

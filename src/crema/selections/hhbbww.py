@@ -8,6 +8,7 @@ import awkward as ak
 import numpy as np
 from coffea.analysis_tools import PackedSelection
 
+from crema.flat import FlatFields
 from crema.selections.config import ChannelCuts, Region, SelectionConfig
 from crema.selections.objects import (
     LEPTON_CLEANED,
@@ -120,18 +121,29 @@ def _as_mask(mask) -> np.ndarray:
 
 
 def _lepton_steps(leps: ak.Array, cuts: ChannelCuts) -> list[tuple[str, np.ndarray]]:
+    # on the flat lepton fields: the leading and subleading lepton by index, absent ones failing
     n_lep = cuts.n_leptons
-    lead = ak.pad_none(leps, 2, axis=1)
-    steps = [(f"{n_lep} lepton{'s' if n_lep > 1 else ''}", ak.num(leps, axis=1) == n_lep)]
-    pt_ok = lead[:, 0]["pt"] > cuts.leading_lepton_pt_min
+    f = FlatFields(leps)
+    starts = f.starts
+
+    def kth(field: str, k: int) -> tuple[np.ndarray, np.ndarray]:  # (event has it, its value)
+        has = f.counts > k
+        values = f[field]
+        return has, (values[np.where(has, starts + k, 0)] if values.size else np.zeros(has.size, values.dtype))
+
+    has0, pt0 = kth("pt", 0)
+    pt_ok = has0 & (pt0 > cuts.leading_lepton_pt_min)
     if n_lep > 1:
-        pt_ok = pt_ok & (lead[:, 1]["pt"] > cuts.subleading_lepton_pt_min)
-    steps.append(("lepton pt", pt_ok))
+        has1, pt1 = kth("pt", 1)
+        pt_ok &= has1 & (pt1 > cuts.subleading_lepton_pt_min)
+    steps = [(f"{n_lep} lepton{'s' if n_lep > 1 else ''}", f.counts == n_lep), ("lepton pt", pt_ok)]
     if cuts.opposite_charge and n_lep > 1:
-        steps.append(("opposite charge", lead[:, 0].charge * lead[:, 1].charge < 0))
-    if cuts.tight_leptons:
-        steps.append(("tight leptons", ak.all(leps[:, :n_lep].tight, axis=1)))
-    return [(name, _as_mask(mask)) for name, mask in steps]
+        (has0, q0), (has1, q1) = kth("charge", 0), kth("charge", 1)
+        steps.append(("opposite charge", has0 & has1 & (q0 * q1 < 0)))
+    if cuts.tight_leptons:  # no loose-only lepton among the first n_lep
+        loose = (np.arange(f.event_index.size) - starts[f.event_index] < n_lep) & ~f["tight"].astype(bool)
+        steps.append(("tight leptons", np.bincount(f.event_index[loose], minlength=f.counts.size) == 0))
+    return [(name, np.asarray(mask, dtype=bool)) for name, mask in steps]
 
 
 def _jets_step(objects: Objects, cuts: ChannelCuts) -> np.ndarray:
