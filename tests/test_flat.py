@@ -163,3 +163,19 @@ def test_flat_fields_of_selected_collections(events, dilepton):
     f = FlatFields(padded[ak.num(events.Jet) >= 3])
     assert f._record is None
     np.testing.assert_array_equal(f["pt"], ak.to_numpy(ak.flatten(padded[ak.num(events.Jet) >= 3].pt)))
+
+
+def test_select_builds_what_a_jagged_mask_gives(events, dilepton):
+    for sample in (events, dilepton):
+        for coll in (sample.Jet, sample.Jet[ak.num(sample.Jet) >= 4], sample.Muon):
+            f = FlatFields(coll)
+            mask = f["pt"] > 30
+            got, expected = f.select(mask), coll[f.jagged(mask)]
+            assert str(got.type) == str(expected.type)
+            assert got.to_list() == expected.to_list()
+            np.testing.assert_array_equal(ak.to_numpy(ak.flatten(got.delta_r(expected))),  # vector behaviour
+                                          ak.to_numpy(ak.flatten(expected.delta_r(expected))))
+            if "genJetIdxG" in coll.fields:  # NanoEvents cross-references still resolve
+                assert ak.all(ak.fill_none(got.matched_gen.pt == expected.matched_gen.pt, True))
+            twice = FlatFields(got).select(FlatFields(got)["eta"] > 0)
+            assert twice.to_list() == expected[expected.eta > 0].to_list()

@@ -34,10 +34,18 @@ class FlatFields:
             self.counts = np.asarray(ak.to_numpy(ak.num(objects, axis=1)), dtype=np.int64)
         self._values: dict[str, np.ndarray] = {}
         self._event_index: np.ndarray | None = None
+        self._fields: list[str] | None = None
 
     @property
     def fields(self) -> list[str]:
-        return ak.fields(self.objects)
+        if self._fields is None:
+            self._fields = ak.fields(self.objects)
+        return self._fields
+
+    def dtype(self, field: str) -> np.dtype | None:
+        """The numpy dtype of a plain numeric ``field``, known without reading it (``None``: not known)."""
+        content = self._content(field)
+        return None if content is None else content.dtype
 
     @property
     def event_index(self) -> np.ndarray:
@@ -60,20 +68,54 @@ class FlatFields:
             self._values[field] = values
         return values
 
-    def _direct(self, field: str) -> np.ndarray | None:
+    def _content(self, field: str) -> ak.contents.NumpyArray | None:
         if self._record is None or not self._record.has_field(field):
             return None
         content = self._record.content(field)
         if (not isinstance(content, ak.contents.NumpyArray) or content.parameter("__array__") is not None
                 or len(content.inner_shape)):
             return None
-        return np.asarray(content.data)[self._index]
+        return content
+
+    def _direct(self, field: str) -> np.ndarray | None:
+        content = self._content(field)
+        return None if content is None else np.asarray(content.data)[self._index]
+
+    def select(self, mask: np.ndarray) -> ak.Array:
+        """The objects where the flat ``mask`` is True: ``objects[self.jagged(mask)]``, built as awkward
+        builds it (a list over an index into the records) without broadcasting the jagged mask."""
+        mask = np.asarray(mask, dtype=bool)
+        if self._record is None:
+            return self.objects[self.jagged(mask)]
+        index = self._index if not isinstance(self._index, slice) else np.arange(self._index.start, self._index.stop)
+        counts = np.bincount(self.event_index[mask], minlength=self.counts.size)
+        offsets = np.zeros(counts.size + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        layout = ak.contents.ListOffsetArray(
+            ak.index.Index64(offsets), ak.contents.IndexedArray(ak.index.Index64(index[mask]), self._record),
+            parameters=self.objects.layout.parameters)
+        return ak.Array(layout, behavior=self.objects.behavior, attrs=self.objects.attrs)
+
+    def subset(self, mask: np.ndarray) -> "FlatSubset":
+        """The objects where the flat ``mask`` is True, in the same events (for delta R on fewer objects)."""
+        return FlatSubset(self, np.asarray(mask, dtype=bool))
 
     def jagged(self, flat: np.ndarray) -> ak.Array:
         """Per-object ``flat`` values in the collection's event structure."""
         offsets = np.zeros(self.counts.size + 1, dtype=np.int64)
         np.cumsum(self.counts, out=offsets[1:])
         return ak.Array(ak.contents.ListOffsetArray(ak.index.Index64(offsets), ak.contents.NumpyArray(flat)))
+
+
+class FlatSubset:
+    """Some objects of a :class:`FlatFields`, per event in their order: ``counts`` and flat fields."""
+
+    def __init__(self, parent: FlatFields, mask: np.ndarray) -> None:
+        self.parent, self.mask = parent, mask
+        self.counts = np.bincount(parent.event_index[mask], minlength=parent.counts.size)
+
+    def __getitem__(self, field: str) -> np.ndarray:
+        return self.parent[field][self.mask]
 
 
 def _gather(layout) -> tuple[np.ndarray, np.ndarray | slice, ak.contents.RecordArray] | None:

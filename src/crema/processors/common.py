@@ -12,6 +12,7 @@ import hist
 import numpy as np
 from coffea.analysis_tools import PackedSelection
 
+from crema.flat import FlatFields
 from crema.physical import count_unphysical, physical_kinematics
 from crema.schema import ConfigError, from_dict, load_yaml
 
@@ -290,7 +291,19 @@ def count_nonfinite(events: ak.Array, branches) -> dict[str, int]:
     branches are 0 without being read. Plain dicts of ints: coffea's accumulate adds them over chunks.
     """
     counts = {}
+    top = set(ak.fields(events))
+    collections: dict[str, FlatFields | None] = {}
     for branch in sorted(branches):
+        collection, _, name = branch.partition("_")
+        if name and collection in top:  # a jagged collection's field: flat, its type known before reading
+            if collection not in collections:
+                objects = events[collection]
+                collections[collection] = FlatFields(objects) if objects.ndim == 2 else None
+            flat = collections[collection]
+            dtype = flat.dtype(name) if flat is not None and name in flat.fields else None
+            if dtype is not None:
+                counts[branch] = count_unphysical(flat[name], name) if dtype.kind in "fc" else 0
+                continue
         values = branch_values(events, branch)
         if values is None:  # not a NanoEvents field (a counter): nothing to check
             continue

@@ -13,15 +13,17 @@ from __future__ import annotations
 import awkward as ak
 import numpy as np
 
-from crema.flat import FlatFields
+from crema.flat import FlatFields, FlatSubset
+
+Objects = ak.Array | FlatFields | FlatSubset
 
 
-def _counts_eta_phi(x: ak.Array | FlatFields) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    f = x if isinstance(x, FlatFields) else FlatFields(x)
+def _counts_eta_phi(x: Objects) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    f = x if isinstance(x, (FlatFields, FlatSubset)) else FlatFields(x)
     return f.counts, f["eta"], f["phi"]
 
 
-def delta_r_pairs(a: ak.Array | FlatFields, b: ak.Array | FlatFields) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def delta_r_pairs(a: Objects, b: Objects) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every (a-object, b-object) pair of each event: ``(objects of a per event, a-object of each pair
     (index into a's flat objects), delta R of each pair)``; pairs ordered as ``a.metric_table(b)``."""
     na, a_eta, a_phi = _counts_eta_phi(a)
@@ -43,7 +45,7 @@ def all_far(a: ak.Array, b: ak.Array, dr_min: float) -> ak.Array:
     return ak.unflatten(all_far_flat(a, b, dr_min), ak.num(a, axis=1))
 
 
-def all_far_flat(a: ak.Array | FlatFields, b: ak.Array | FlatFields, dr_min: float) -> np.ndarray:
+def all_far_flat(a: Objects, b: Objects, dr_min: float) -> np.ndarray:
     """:func:`all_far` on a's flat objects (numpy, a's order)."""
     na, ia, dr = delta_r_pairs(a, b)
     return np.bincount(ia[~(dr >= dr_min)], minlength=int(na.sum())) == 0
@@ -55,7 +57,7 @@ def any_near(a: ak.Array, b: ak.Array, dr_max: float) -> ak.Array:
     return ak.unflatten(any_near_flat(a, b, dr_max), ak.num(a, axis=1))
 
 
-def any_near_flat(a: ak.Array | FlatFields, b: ak.Array | FlatFields, dr_max: float) -> np.ndarray:
+def any_near_flat(a: Objects, b: Objects, dr_max: float) -> np.ndarray:
     """:func:`any_near` on a's flat objects (numpy, a's order)."""
     na, ia, dr = delta_r_pairs(a, b)
     return np.bincount(ia[dr < dr_max], minlength=int(na.sum())) > 0

@@ -13,9 +13,8 @@ from crema.selections.config import ChannelCuts, Region, SelectionConfig
 from crema.selections.objects import (
     LEPTON_CLEANED,
     SELECTION_BRANCHES,
-    btagged,
-    fatjet_mask,
-    jet_masks,
+    fatjet_mask_flat,
+    jet_masks_flat,
     lepton_cleaned,
     leptons,
 )
@@ -79,15 +78,19 @@ def select_objects(events: ak.Array, cfg: SelectionConfig, btag_threshold: float
     change (AK4 jet variations leave leptons and AK8 jets alone).
     """
     leps = select_leptons(events, cfg) if selected_leptons is None else selected_leptons
-    central, forward = jet_masks(events.Jet, leps, cfg.jet)
-    jets = events.Jet[central]
+    # masks on flat fields, collections built from them directly (a jagged mask costs ~4 ms per use)
+    all_jets = FlatFields(events.Jet)
+    central, forward = jet_masks_flat(all_jets, leps, cfg.jet)
+    jets = FlatFields(all_jets.select(central))
+    if selected_fatjets is None:
+        fat = FlatFields(events.FatJet)
+        selected_fatjets = fat.select(fatjet_mask_flat(fat, leps, cfg.fatjet))
     return Objects(
         leptons=leps,
-        jets=jets,
-        bjets=jets[btagged(jets, cfg.btag.score, btag_threshold)],
-        forward_jets=events.Jet[forward],
-        fatjets=(events.FatJet[fatjet_mask(events.FatJet, leps, cfg.fatjet)]
-                 if selected_fatjets is None else selected_fatjets),
+        jets=jets.objects,
+        bjets=jets.select(jets[cfg.btag.score] > btag_threshold),
+        forward_jets=all_jets.select(forward),
+        fatjets=selected_fatjets,
         met=events[met],
     )
 

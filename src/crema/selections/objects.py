@@ -99,6 +99,12 @@ def jet_masks(jets: ak.Array, leptons: ak.Array, cuts: JetCuts) -> tuple[ak.Arra
     Forward jets lie in ``abs_eta_max <= |eta| < forward_abs_eta_max`` (none if that is unset).
     """
     j = FlatFields(jets)
+    central, forward = jet_masks_flat(j, leptons, cuts)
+    return j.jagged(central), j.jagged(forward)
+
+
+def jet_masks_flat(j: FlatFields, leptons: ak.Array, cuts: JetCuts) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`jet_masks` on the jets' flat fields (numpy, the jets' order)."""
     abs_eta = np.abs(j["eta"])
     base = physical_flat(j) & (j["pt"] > cuts.pt_min) & ((j["jetId"] & cuts.jet_id_mask) == cuts.jet_id_mask)
     cleaned = j[LEPTON_CLEANED] if LEPTON_CLEANED in j.fields else all_far_flat(j, leptons, cuts.lepton_dr_min)
@@ -108,25 +114,23 @@ def jet_masks(jets: ak.Array, leptons: ak.Array, cuts: JetCuts) -> tuple[ak.Arra
         forward = np.zeros_like(central)
     else:
         forward = base & (abs_eta >= cuts.abs_eta_max) & (abs_eta < cuts.forward_abs_eta_max)
-    return j.jagged(central), j.jagged(forward)
+    return central, forward
 
 
 @_uses("FatJet_pt", "FatJet_eta", "FatJet_phi", "FatJet_mass", "FatJet_jetId")
 def fatjet_mask(fatjets: ak.Array, leptons: ak.Array, cuts: JetCuts) -> ak.Array:
     """AK8 jets: pt, |eta|, jet ID and cleaning against selected leptons."""
     f = FlatFields(fatjets)
-    return f.jagged(
-        physical_flat(f)
-        & (f["pt"] > cuts.pt_min)
-        & (np.abs(f["eta"]) < cuts.abs_eta_max)
-        & ((f["jetId"] & cuts.jet_id_mask) == cuts.jet_id_mask)
-        & all_far_flat(f, leptons, cuts.lepton_dr_min)
-    )
+    return f.jagged(fatjet_mask_flat(f, leptons, cuts))
 
 
-def btagged(jets: ak.Array, score: str, threshold: float) -> ak.Array:
-    """Jets whose ``score`` branch exceeds the working-point ``threshold``."""
-    return jets[score] > threshold
+def fatjet_mask_flat(f: FlatFields, leptons: ak.Array, cuts: JetCuts) -> np.ndarray:
+    """:func:`fatjet_mask` on the AK8 jets' flat fields (numpy, their order)."""
+    return (physical_flat(f)
+            & (f["pt"] > cuts.pt_min)
+            & (np.abs(f["eta"]) < cuts.abs_eta_max)
+            & ((f["jetId"] & cuts.jet_id_mask) == cuts.jet_id_mask)
+            & all_far_flat(f, leptons, cuts.lepton_dr_min))
 
 
 def by_score(jets: ak.Array, score: str) -> ak.Array:
