@@ -12,6 +12,7 @@ import hist
 import numpy as np
 
 from crema.corrections import files
+from crema.flat import FlatFields
 from crema.schema import ConfigError
 
 
@@ -61,11 +62,10 @@ def fill_efficiency(h: hist.Hist, jets: ak.Array, score: str, threshold: float,
     ``weight`` is one number per event (e.g. the sign of genWeight), broadcast to its jets.
     Jets outside the pt/|eta| range go to the histogram's flow bins and are clamped on reading.
     """
-    counts = ak.to_numpy(ak.num(jets, axis=1))
-    flat = lambda a: ak.to_numpy(ak.flatten(a, axis=1))  # noqa: E731
-    w = None if weight is None else np.repeat(np.asarray(weight, dtype=np.float64), counts)
-    h.fill(pt=flat(jets["pt"]), abseta=np.abs(flat(jets["eta"])), flavor=flat(jets.hadronFlavour).astype(int),
-           tagged=flat(jets[score]) > threshold, weight=w)
+    f = FlatFields(jets)
+    w = None if weight is None else np.repeat(np.asarray(weight, dtype=np.float64), f.counts)
+    h.fill(pt=f["pt"], abseta=np.abs(f["eta"]), flavor=f["hadronFlavour"].astype(int),
+           tagged=f[score] > threshold, weight=w)
     return h
 
 
