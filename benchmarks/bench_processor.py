@@ -258,6 +258,7 @@ def main() -> None:
     parser.add_argument("--no-dask", action="store_true", help="skip the dask rows")
     parser.add_argument("--memory-chunks", type=int, default=0, help="chunks for the memory row (0: no memory row)")
     parser.add_argument("--memory-chunksize", type=int, default=200_000)
+    parser.add_argument("--memory-only", action="store_true", help="only the memory row (a long soak)")
     parser.add_argument("--before", help="crema source tree (the folder holding crema/) to measure alongside")
     parser.add_argument("--section", default="HH->bbWW processor performance", help="RESULTS.md section to write")
     parser.add_argument("--no-write", action="store_true", help="print only; do not update RESULTS.md")
@@ -276,12 +277,15 @@ def main() -> None:
             print(f"{version}: {name}", flush=True)
             res[version][name] = _subprocess(func, *fargs, src=src)
 
-    measure("read", "measure_uproot", config, args.chunksize, args.runs)
-    measure("iterative", "measure_run", config, "iterative", 1, None, None, args.runs)
-    measure("jec", "measure_jec", str(files[0]), args.jec_events, args.repeat)
-    measure("nominal", "measure_run", subset, "iterative", 1, nominal, 1, args.runs)
-    measure("systematics", "measure_run", subset, "iterative", 1, every, 1, args.runs)
-    if not args.no_dask:
+    if args.memory_only and not args.memory_chunks:
+        parser.error("--memory-only needs --memory-chunks")
+    if not args.memory_only:
+        measure("read", "measure_uproot", config, args.chunksize, args.runs)
+        measure("iterative", "measure_run", config, "iterative", 1, None, None, args.runs)
+        measure("jec", "measure_jec", str(files[0]), args.jec_events, args.repeat)
+        measure("nominal", "measure_run", subset, "iterative", 1, nominal, 1, args.runs)
+        measure("systematics", "measure_run", subset, "iterative", 1, every, 1, args.runs)
+    if not args.no_dask and not args.memory_only:
         measure("dask1", "measure_run", config, "dask", 1, None, None, args.runs)
         measure("dask2", "measure_run", config, "dask", 2, None, None, args.runs)
     if args.memory_chunks:
@@ -290,7 +294,7 @@ def main() -> None:
     def rate(r: dict, key: str = "cpu") -> float:
         return r["events"] / r[key]
 
-    rows = [
+    rows = [] if args.memory_only else [
         ("processor (no ML, no corrections): events per CPU second", lambda r: f"{rate(r['iterative']):,.0f}",
          ">= 100,000 per core"),
         ("processor / uproot read of its branches, CPU time",
@@ -301,7 +305,7 @@ def main() -> None:
         ("all systematics / nominal corrections, CPU time",
          lambda r: f"{r['systematics']['cpu'] / r['nominal']['cpu']:.2f}x", "<= 8x"),
     ]
-    if not args.no_dask:
+    if not args.no_dask and not args.memory_only:
         rows += [
             ("dask 1 worker / iterative, events per CPU second (workers + client)",
              lambda r: f"{rate(r['dask1']) / rate(r['iterative']):.2f}x", ">= 0.9x"),
@@ -321,18 +325,27 @@ def main() -> None:
     table += [f"| {name} | " + " | ".join(fmt(res[v]) for v in versions) + f" | {goal} |" for name, fmt, goal in rows]
     after = res["after"]
     times = ", ".join(f"{name} {r['seconds']:.1f} s ({r['cpu']:.1f} s CPU)" for name, r in after.items() if "cpu" in r)
+    if args.memory_only:
+        memory = after["memory"]
+        inputs = (f"Input: {args.events:,} generated events ({', '.join(p.name for p in files)}); DeepHME, JEC/JER and "
+                  f"all systematic variations, iterative executor, one process, chunksize {args.memory_chunksize:,}, "
+                  f"{len(memory['rss_mb'])} chunks, {memory['seconds']:.0f} s; RSS read after each chunk "
+                  "(after gc.collect()).")
+    else:
+        inputs = (
+            f"Input: {args.events:,} generated events ({', '.join(p.name for p in files)}), chunksize {args.chunksize:,}; "
+            f"the uproot read loads the {after['read']['branches']} branches the processor reads (coffea access log). "
+            f"Systematics row: {after['nominal']['events']:,} events (one chunk), iterative. JEC row: "
+            f"{after['jec']['jets']:,} jets of the first file in memory, best of {args.repeat}, interleaved. "
+            f"Run rows: best of {args.runs} runs after a warm-up chunk per worker (cluster start-up excluded; coffea "
+            "preprocessing included). Ratios use CPU time where the machine is shared (other jobs lengthen wall "
+            "time, hardly CPU time); the 2-vs-1-worker row needs wall time and a quiet machine.")
     body = "\n".join([
-        f"Input: {args.events:,} generated events ({', '.join(p.name for p in files)}), chunksize {args.chunksize:,}; "
-        f"the uproot read loads the {after['read']['branches']} branches the processor reads (coffea access log). "
-        f"Systematics row: {after['nominal']['events']:,} events (one chunk), iterative. JEC row: "
-        f"{after['jec']['jets']:,} jets of the first file in memory, best of {args.repeat}, interleaved. "
-        f"Run rows: best of {args.runs} runs after a warm-up chunk per worker (cluster start-up excluded; coffea "
-        "preprocessing included). Ratios use CPU time where the machine is shared (other jobs lengthen wall "
-        "time, hardly CPU time); the 2-vs-1-worker row needs wall time and a quiet machine.",
+        inputs,
         "",
         *table,
         "",
-        f"Wall (CPU) times, after: {times}.",
+        *([f"Wall (CPU) times, after: {times}."] if times else []),
         f"Load: {os.getloadavg()[0]:.1f} (1-min load average at the end) on {os.cpu_count()} cores.",
     ])
     print(body)
