@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import platform
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ HEADER = "# crema benchmark results\n\nEach section is rewritten by the script n
 
 def write_section(name: str, body: str, command: str | None = None) -> None:
     """Replace (or append) the section ``name`` in RESULTS.md with ``body`` (markdown)."""
-    command = command or "python " + " ".join(sys.argv)
+    command = command or "python " + shlex.join(sys.argv)  # quoted: a command that runs as printed
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     section = (
         f"<!-- begin {name} -->\n## {name}\n\n"

@@ -96,26 +96,11 @@ class FlatFields:
             parameters=self.objects.layout.parameters)
         return ak.Array(layout, behavior=self.objects.behavior, attrs=self.objects.attrs)
 
-    def subset(self, mask: np.ndarray) -> "FlatSubset":
-        """The objects where the flat ``mask`` is True, in the same events (for delta R on fewer objects)."""
-        return FlatSubset(self, np.asarray(mask, dtype=bool))
-
     def jagged(self, flat: np.ndarray) -> ak.Array:
         """Per-object ``flat`` values in the collection's event structure."""
         offsets = np.zeros(self.counts.size + 1, dtype=np.int64)
         np.cumsum(self.counts, out=offsets[1:])
         return ak.Array(ak.contents.ListOffsetArray(ak.index.Index64(offsets), ak.contents.NumpyArray(flat)))
-
-
-class FlatSubset:
-    """Some objects of a :class:`FlatFields`, per event in their order: ``counts`` and flat fields."""
-
-    def __init__(self, parent: FlatFields, mask: np.ndarray) -> None:
-        self.parent, self.mask = parent, mask
-        self.counts = np.bincount(parent.event_index[mask], minlength=parent.counts.size)
-
-    def __getitem__(self, field: str) -> np.ndarray:
-        return self.parent[field][self.mask]
 
 
 def _gather(layout) -> tuple[np.ndarray, np.ndarray | slice, ak.contents.RecordArray] | None:

@@ -64,13 +64,11 @@ class JetVeto:
     def _veto_jets_flat(self, jets: ak.Array | FlatFields, muons: ak.Array) -> np.ndarray:
         c = self.config
         j = jets if isinstance(jets, FlatFields) else FlatFields(jets)
-        # a jet with unphysical kinematics is dropped by every object selection, so it vetoes nothing
-        selected = (physical_flat(j) & (j["pt"] > c.pt_min) & ((j["jetId"] & c.jet_id_mask) == c.jet_id_mask)
-                    & (j["chEmEF"] + j["neEmEF"] < c.em_fraction_max))
-        # the muon match only for the jets passing the rest (the decision of the others is already made)
         m = FlatFields(muons)
-        selected[selected] = ~any_near_flat(j.subset(selected), m.subset(m["isPFcand"]), c.muon_dr_min)
-        return selected
+        near_muon = any_near_flat(j, FlatFields(m.select(m["isPFcand"])), c.muon_dr_min)
+        # a jet with unphysical kinematics is dropped by every object selection, so it vetoes nothing
+        return (physical_flat(j) & (j["pt"] > c.pt_min) & ((j["jetId"] & c.jet_id_mask) == c.jet_id_mask)
+                & (j["chEmEF"] + j["neEmEF"] < c.em_fraction_max) & ~near_muon)
 
     def in_vetoed_region(self, eta: np.ndarray, phi: np.ndarray) -> np.ndarray:
         """Whether each (eta, phi) lies in a vetoed region (map value non-zero)."""

@@ -13,13 +13,13 @@ from __future__ import annotations
 import awkward as ak
 import numpy as np
 
-from crema.flat import FlatFields, FlatSubset
+from crema.flat import FlatFields
 
-Objects = ak.Array | FlatFields | FlatSubset
+Objects = ak.Array | FlatFields
 
 
 def _counts_eta_phi(x: Objects) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    f = x if isinstance(x, (FlatFields, FlatSubset)) else FlatFields(x)
+    f = x if isinstance(x, FlatFields) else FlatFields(x)
     return f.counts, f["eta"], f["phi"]
 
 
