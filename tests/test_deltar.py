@@ -10,7 +10,7 @@ import pytest
 from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
 from coffea.nanoevents.methods import candidate
 
-from crema.selections.deltar import all_far, any_near, delta_r_pairs
+from crema.selections.deltar import all_far, any_near_flat, delta_r_pairs
 
 from conftest import REAL_NANO
 
@@ -42,7 +42,7 @@ def test_same_distances_and_decisions_as_metric_table(events, pair):
     assert np.array_equal(dr, reference, equal_nan=True)
     for cut in (0.4, 0.8):
         assert ak.to_list(all_far(a, b, cut)) == ak.to_list(ak.all(a.metric_table(b) >= cut, axis=2))
-        assert ak.to_list(any_near(a, b, cut)) == ak.to_list(ak.any(a.metric_table(b) < cut, axis=2))
+        assert any_near_flat(a, b, cut).tolist() == ak.to_list(ak.flatten(ak.any(a.metric_table(b) < cut, axis=2)))
 
 
 def test_edges_empty_events_nan_and_the_phi_wrap():
@@ -51,5 +51,5 @@ def test_edges_empty_events_nan_and_the_phi_wrap():
     b = _objects([[], [0.3], [0.5], [0.4]], [[], [0.2], [-3.1], [0.0]])
     for cut in (0.1, 0.4):
         assert ak.to_list(all_far(a, b, cut)) == ak.to_list(ak.all(a.metric_table(b) >= cut, axis=2))
-        assert ak.to_list(any_near(a, b, cut)) == ak.to_list(ak.any(a.metric_table(b) < cut, axis=2))
+        assert any_near_flat(a, b, cut).tolist() == ak.to_list(ak.flatten(ak.any(a.metric_table(b) < cut, axis=2)))
     assert ak.to_list(all_far(a, b, 0.1)) == [[True, True], [], [False, False], [True]]

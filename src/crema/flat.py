@@ -57,7 +57,7 @@ class FlatFields:
     @property
     def starts(self) -> np.ndarray:
         """Per event: the flat index of its first object."""
-        return np.cumsum(self.counts) - self.counts
+        return offsets(self.counts)[:-1]
 
     def __getitem__(self, field: str) -> np.ndarray:
         values = self._values.get(field)
@@ -89,31 +89,34 @@ class FlatFields:
             return self.objects[self.jagged(mask)]
         index = self._index if not isinstance(self._index, slice) else np.arange(self._index.start, self._index.stop)
         counts = np.bincount(self.event_index[mask], minlength=self.counts.size)
-        offsets = np.zeros(counts.size + 1, dtype=np.int64)
-        np.cumsum(counts, out=offsets[1:])
         layout = ak.contents.ListOffsetArray(
-            ak.index.Index64(offsets), ak.contents.IndexedArray(ak.index.Index64(index[mask]), self._record),
+            ak.index.Index64(offsets(counts)), ak.contents.IndexedArray(ak.index.Index64(index[mask]), self._record),
             parameters=self.objects.layout.parameters)
         return ak.Array(layout, behavior=self.objects.behavior, attrs=self.objects.attrs)
 
     def jagged(self, flat: np.ndarray) -> ak.Array:
         """Per-object ``flat`` values in the collection's event structure."""
-        offsets = np.zeros(self.counts.size + 1, dtype=np.int64)
-        np.cumsum(self.counts, out=offsets[1:])
-        return ak.Array(ak.contents.ListOffsetArray(ak.index.Index64(offsets), ak.contents.NumpyArray(flat)))
+        layout = ak.contents.ListOffsetArray(ak.index.Index64(offsets(self.counts)), ak.contents.NumpyArray(flat))
+        return ak.Array(layout)
+
+
+def offsets(counts: np.ndarray) -> np.ndarray:
+    """List offsets (int64, one more than ``counts``) of objects counted per event."""
+    out = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=out[1:])
+    return out
 
 
 def _gather(layout) -> tuple[np.ndarray, np.ndarray | slice, ak.contents.RecordArray] | None:
     """``(counts, index, record)`` such that ``field[index]`` of ``record`` are the flat objects of a
     list layout (``slice`` when they are contiguous); ``None`` for layouts it does not cover."""
     if isinstance(layout, ak.contents.ListOffsetArray):
-        offsets = np.asarray(layout.offsets.data, dtype=np.int64)
-        counts, index = np.diff(offsets), slice(int(offsets[0]), int(offsets[-1]))
+        bounds = np.asarray(layout.offsets.data, dtype=np.int64)
+        counts, index = np.diff(bounds), slice(int(bounds[0]), int(bounds[-1]))
     elif isinstance(layout, ak.contents.ListArray):
         starts = np.asarray(layout.starts.data, dtype=np.int64)
         counts = np.asarray(layout.stops.data, dtype=np.int64) - starts
-        first = np.cumsum(counts) - counts  # per event: its first flat object
-        index = np.repeat(starts - first, counts) + np.arange(int(counts.sum()))
+        index = np.repeat(starts - offsets(counts)[:-1], counts) + np.arange(int(counts.sum()))
     else:
         return None
     content = layout.content

@@ -282,9 +282,12 @@ class BinnedTable:
     """
 
     inputs: tuple[str, ...]  # the binned inputs, in the table's axis order
-    edges: tuple[np.ndarray, ...]
+    finders: tuple["BinFinder", ...]  # one per input: its bin edges
     values: np.ndarray  # one axis per input
-    finders: tuple["BinFinder", ...] = ()
+
+    @property
+    def edges(self) -> tuple[np.ndarray, ...]:
+        return tuple(f.edges for f in self.finders)
 
     def evaluate(self, args: Mapping[str, np.ndarray]) -> np.ndarray:
         """The value for each entry of ``args`` (input name -> array): :func:`evaluate`'s contract,
@@ -334,7 +337,7 @@ def _binned_table(path: str, mtime: int, correction: str, fixed: tuple[tuple[str
     at = dict(zip(inputs, (c.ravel() for c in centres)))
     args = [chosen[n] if n in chosen else at[n] for n in names]
     values = np.asarray(_correction_set(path, mtime)[correction].evaluate(*args), dtype=np.float64)
-    return BinnedTable(inputs, edges, values.reshape(centres[0].shape), tuple(BinFinder(e) for e in edges))
+    return BinnedTable(inputs, tuple(BinFinder(e) for e in edges), values.reshape(centres[0].shape))
 
 
 class BinFinder:

@@ -51,13 +51,8 @@ def all_far_flat(a: Objects, b: Objects, dr_min: float) -> np.ndarray:
     return np.bincount(ia[~(dr >= dr_min)], minlength=int(na.sum())) == 0
 
 
-def any_near(a: ak.Array, b: ak.Array, dr_max: float) -> ak.Array:
-    """Per a-object: some b-object of its event is closer than ``dr_max``
-    (``ak.any(a.metric_table(b) < dr_max, axis=2)``)."""
-    return ak.unflatten(any_near_flat(a, b, dr_max), ak.num(a, axis=1))
-
-
 def any_near_flat(a: Objects, b: Objects, dr_max: float) -> np.ndarray:
-    """:func:`any_near` on a's flat objects (numpy, a's order)."""
+    """Per a-object (flat numpy, a's order): some b-object of its event is closer than ``dr_max``
+    (``ak.any(a.metric_table(b) < dr_max, axis=2)``, flattened)."""
     na, ia, dr = delta_r_pairs(a, b)
     return np.bincount(ia[dr < dr_max], minlength=int(na.sum())) > 0

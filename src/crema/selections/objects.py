@@ -11,7 +11,7 @@ import awkward as ak
 import numpy as np
 from coffea.nanoevents.methods import candidate
 
-from crema.flat import FlatFields
+from crema.flat import FlatFields, offsets
 from crema.physical import physical_flat
 from crema.selections.deltar import all_far, all_far_flat
 from crema.selections.config import ElectronCuts, JetCuts, MuonCuts
@@ -75,11 +75,9 @@ def leptons(electrons: ak.Array, muons: ak.Array, ecuts: ElectronCuts, mcuts: Mu
                for name in LEPTON_FIELDS}
     order = np.lexsort((-columns["pt"], event))  # stable: ties keep electrons first, in their order
     counts = np.bincount(event, minlength=e.counts.size)
-    offsets = np.zeros(counts.size + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
     record = ak.contents.RecordArray([ak.contents.NumpyArray(columns[n][order]) for n in LEPTON_FIELDS],
                                      list(LEPTON_FIELDS), parameters={"__record__": "PtEtaPhiMCandidate"})
-    return ak.Array(ak.contents.ListOffsetArray(ak.index.Index64(offsets), record), behavior=candidate.behavior)
+    return ak.Array(ak.contents.ListOffsetArray(ak.index.Index64(offsets(counts)), record), behavior=candidate.behavior)
 
 
 LEPTON_CLEANED = "lepton_cleaned"
