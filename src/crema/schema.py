@@ -141,7 +141,8 @@ def load_yaml(path: str | Path) -> Any:
     path = Path(path)
     try:
         with path.open() as stream:
-            return yaml.safe_load(stream)
+            # libyaml's parser when PyYAML has it: the same documents, ~10x faster (a run reads several files)
+            return yaml.load(stream, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except yaml.YAMLError as err:
