@@ -35,12 +35,14 @@ def test_jobqueue_settings_reach_the_job_script(kind, directive):
         cluster.close()
     assert directive in script and "--nthreads 1" in script
     # the workers start without dask's MALLOC_TRIM_THRESHOLD_ (glibc's adaptive allocation, as a local run)
+    # and with quieter event loops, as a local cluster's
     import re
 
     import dask.config
 
     setting = dask.config.deserialize(re.search(r"export DASK_INTERNAL_INHERIT_CONFIG=([A-Za-z0-9+/=]+)", script)[1])
-    assert setting == {"distributed": {"nanny": {"pre-spawn-environ": {"MALLOC_TRIM_THRESHOLD_": None}}}}
+    assert setting == {"distributed": {"nanny": {"pre-spawn-environ": {"MALLOC_TRIM_THRESHOLD_": None}},
+                                       "admin": {"tick": {"interval": "1s"}, "system-monitor": {"interval": "2s"}}}}
 
 
 def load_config_jobqueue(kind):

@@ -105,6 +105,9 @@ def test_dask_spreads_chunks_over_its_workers(config_path, iterative):
         # and its workers allocate memory as any Python process (no dask MALLOC_TRIM_THRESHOLD_)
         assert set(client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values()) == {None}
         assert set(client.run(lambda: dask.config.get("distributed.worker.profile.enabled")).values()) == {False}
+        # event loops checked every second, not every 20 ms (their idle CPU time)
+        assert set(client.run(lambda dask_worker: dask_worker.periodic_callbacks["tick"].callback_time).values()) \
+            == {1000} == {cluster.scheduler.periodic_callbacks["tick"].callback_time}
     per_worker: dict[str, int] = {}
     for task in stream.data:
         if task["key"].startswith("CheckpointingProcessor"):
