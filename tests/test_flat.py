@@ -179,3 +179,23 @@ def test_select_builds_what_a_jagged_mask_gives(events, dilepton):
                 assert ak.all(ak.fill_none(got.matched_gen.pt == expected.matched_gen.pt, True))
             twice = FlatFields(got).select(FlatFields(got)["eta"] > 0)
             assert twice.to_list() == expected[expected.eta > 0].to_list()
+
+
+def test_with_fields_builds_what_with_field_gives(events, dilepton):
+    """New fields appended, an existing one replaced in its place, on whole, selected and reordered
+    collections and through the ak.with_field fallback; the collection's behaviour kept."""
+    for sample in (events, dilepton):
+        jets = sample.Jet
+        for coll in (jets, jets[ak.num(jets) >= 4], jets[jets.pt > 30][::-1],
+                     ak.pad_none(jets, 1, axis=1)[ak.num(jets) >= 1]):  # the last: missing objects, fallback
+            f = FlatFields(coll)
+            pt2, extra = f["pt"] * 2.0, np.arange(f.counts.sum(), dtype=np.float64)
+            got = f.with_fields({"pt": pt2, "extra": extra})
+            expected = ak.with_field(ak.with_field(coll, f.jagged(pt2), "pt"), f.jagged(extra), "extra")
+            assert got.fields == expected.fields and got.fields.index("pt") == coll.fields.index("pt")
+            assert str(got.type) == str(expected.type)
+            assert ak.array_equal(got, expected, equal_nan=True)  # the fixture's damaged jets: NaN pt
+            np.testing.assert_array_equal(ak.to_numpy(ak.flatten(got.delta_r(got), axis=None)),  # vector behaviour
+                                          ak.to_numpy(ak.flatten(expected.delta_r(expected), axis=None)))
+            if "genJetIdxG" in coll.fields:  # NanoEvents cross-references still resolve
+                assert ak.all(ak.fill_none(got.matched_gen.pt == expected.matched_gen.pt, True))

@@ -94,6 +94,33 @@ class FlatFields:
             parameters=self.objects.layout.parameters)
         return ak.Array(layout, behavior=self.objects.behavior, attrs=self.objects.attrs)
 
+    def with_fields(self, values: dict[str, np.ndarray]) -> ak.Array:
+        """The collection with per-object flat ``values`` as fields (a field of the same name replaced in
+        its place, new ones appended): ``ak.with_field`` for each, built as one layout (each call costs
+        ~3 ms on 300k objects) over the record's own fields, which are not read."""
+        if self._record is None:
+            out = self.objects
+            for name, flat in values.items():
+                out = ak.with_field(out, self.jagged(flat), name)
+            return out
+        record, index = self._record, self._index
+        whole = isinstance(index, slice) and index.start == 0 and index.stop == record.length
+        if isinstance(index, slice) and not whole:
+            index = np.arange(index.start, index.stop)
+
+        def field(name: str) -> ak.contents.Content:
+            if name in values:
+                return ak.contents.NumpyArray(np.asarray(values[name]))
+            content = record.content(name)
+            return content if whole else ak.contents.IndexedArray(ak.index.Index64(index), content)
+
+        names = [*record.fields, *(n for n in values if n not in record.fields)]
+        flat_record = ak.contents.RecordArray([field(n) for n in names], names, length=int(self.counts.sum()),
+                                              parameters=record.parameters)
+        layout = ak.contents.ListOffsetArray(ak.index.Index64(offsets(self.counts)), flat_record,
+                                             parameters=self.objects.layout.parameters)
+        return ak.Array(layout, behavior=self.objects.behavior, attrs=self.objects.attrs)
+
     def jagged(self, flat: np.ndarray) -> ak.Array:
         """Per-object ``flat`` values in the collection's event structure."""
         layout = ak.contents.ListOffsetArray(ak.index.Index64(offsets(self.counts)), ak.contents.NumpyArray(flat))

@@ -38,6 +38,7 @@ import numpy as np
 
 from crema.corrections import files
 from crema.corrections.era import EraConfig, JetsConfig, resolve_correction_file
+from crema.flat import FlatFields
 from crema.physical import physical, physical_kinematics
 from crema.schema import ConfigError
 
@@ -76,6 +77,7 @@ def standard_normal(run: np.ndarray, lumi: np.ndarray, event: np.ndarray, index:
 class _Flat:
     """Flat (one entry per jet) inputs and nominal products shared by all variations of one chunk."""
 
+    objects: FlatFields  # the jets
     counts: np.ndarray
     eta: np.ndarray
     phi: np.ndarray
@@ -160,9 +162,7 @@ class JetCorrector:
         # JER up/down scale factors are evaluated only when those variations are asked for
         jer = ("nominal", *(d for d in ("up", "down") if f"JER_{d}" in wanted))
         flat = self._flat(events, jer)
-        # the fields every variation shares are made jagged once
-        jets = self._shared_fields(events[self.config.collection], flat)
-        return ((v, self._build(jets, flat, *self._pt_mass(flat, v))) for v in wanted)
+        return ((v, self._build(flat, *self._pt_mass(flat, v))) for v in wanted)
 
     def jec_factor(self, events: ak.Array) -> np.ndarray:
         """Flat (collection order) nominal calibration factor ``pt_jec / pt_raw``, before smearing."""
@@ -232,41 +232,42 @@ class JetCorrector:
     def _flat(self, events: ak.Array, jer: tuple[str, ...] = ("nominal", "up", "down")) -> _Flat:
         cfg = self.config
         jets = events[cfg.collection]
-        counts = ak.to_numpy(ak.num(jets, axis=1)).astype(np.int64)
-        col = lambda a: np.asarray(ak.to_numpy(ak.flatten(a, axis=1)), dtype=np.float64)  # noqa: E731
+        objects = FlatFields(jets)
+        counts = objects.counts
+        col = lambda name: np.asarray(objects[name], dtype=np.float64)  # noqa: E731
         per_jet = lambda a: np.repeat(np.asarray(ak.to_numpy(a)), counts)  # noqa: E731
-        pt, mass, raw_factor = col(jets["pt"]), col(jets["mass"]), col(jets.rawFactor)
-        eta, phi = col(jets["eta"]), col(jets["phi"])
+        pt, mass, raw_factor = col("pt"), col("mass"), col("rawFactor")
+        eta, phi = col("eta"), col("phi")
         rho = per_jet(_rho(events, cfg.rho)).astype(np.float64)
         run = per_jet(events.run)
         is_mc = "genWeight" in ak.fields(events)
-        flat = _Flat(counts=counts, eta=eta, phi=phi, rho=rho, pt_orig=pt, mass_orig=mass,
+        flat = _Flat(objects=objects, counts=counts, eta=eta, phi=phi, rho=rho, pt_orig=pt, mass_orig=mass,
                      pt_raw=pt * (1.0 - raw_factor), mass_raw=mass * (1.0 - raw_factor),
                      pt_jec=pt, mass_jec=mass, is_mc=is_mc)
 
         jec = cfg.jec if is_mc else cfg.jec_data
         if jec is None:
             raise ConfigError(f"era {self.era_name}: {self.section}.jec_data is not set, so data jets cannot be corrected")
-        values = {"JetA": col(jets.area), "JetEta": eta, "JetPhi": phi, "JetPt": flat.pt_raw,
+        values = {"JetA": col("area"), "JetEta": eta, "JetPhi": phi, "JetPt": flat.pt_raw,
                   "JetMass": flat.mass_raw, "Rho": rho, "run": run}
         if self.calibration is None:
             factor = self._evaluate(jec, values, compound=True)
         else:
-            factor = col(self.calibration(jets, events))
+            factor = np.asarray(ak.to_numpy(ak.flatten(self.calibration(jets, events), axis=1)), dtype=np.float64)
             if not is_mc:  # the residual (data / simulation) on top of the simulation-trained calibration
                 factor = factor * self._evaluate(jec, values, compound=True) / self._evaluate(cfg.jec, values, compound=True)
         flat.pt_jec, flat.mass_jec = flat.pt_raw * factor, flat.mass_raw * factor
         if is_mc and jer:
-            flat.smear = self._smear(events, jets, flat, jer)
+            flat.smear = self._smear(events, flat, jer)
         return flat
 
-    def _smear(self, events: ak.Array, jets: ak.Array, flat: _Flat,
+    def _smear(self, events: ak.Array, flat: _Flat,
                which: tuple[str, ...] = ("nominal", "up", "down")) -> dict[str, np.ndarray]:
         """JER hybrid smearing factors for the ``which`` scale factors (nominal, up, down)."""
         cfg = self.config
         values = {"JetEta": flat.eta, "JetPt": flat.pt_jec, "Rho": flat.rho}
         sigma = self._evaluate(cfg.jer_resolution, values)
-        gen_pt, dr = _matched_gen(events, jets, cfg, flat)
+        gen_pt, dr = _matched_gen(events, cfg, flat)
         matched = (dr < 0.5 * cfg.cone_size) & (np.abs(flat.pt_jec - gen_pt) < 3.0 * sigma * flat.pt_jec)
         # random numbers only for the jets smeared stochastically (the unmatched ones): each number is a
         # function of (run, lumi, event, jet index), so drawing fewer changes none of them
@@ -310,18 +311,11 @@ class JetCorrector:
         return pt * scale, mass * scale
 
     @staticmethod
-    def _shared_fields(jets: ak.Array, flat: _Flat) -> ak.Array:
-        out = jets
-        for name, values in (("pt_raw", flat.pt_raw), ("mass_raw", flat.mass_raw), ("pt_jec", flat.pt_jec),
-                             ("pt_orig", flat.pt_orig), ("mass_orig", flat.mass_orig)):
-            out = ak.with_field(out, ak.unflatten(values, flat.counts), name)  # keeps the collection's behaviour
-        return out
-
-    @staticmethod
-    def _build(jets: ak.Array, flat: _Flat, pt: np.ndarray, mass: np.ndarray) -> ak.Array:
-        """``jets`` (with :meth:`_shared_fields`) with this variation's pt and mass, sorted by pt."""
-        out = ak.with_field(jets, ak.unflatten(pt, flat.counts), "pt")
-        out = ak.with_field(out, ak.unflatten(mass, flat.counts), "mass")
+    def _build(flat: _Flat, pt: np.ndarray, mass: np.ndarray) -> ak.Array:
+        """The jets with this variation's pt and mass and the fields every variation shares, sorted by pt
+        (the collection's behaviour kept)."""
+        out = flat.objects.with_fields({"pt": pt, "mass": mass, "pt_raw": flat.pt_raw, "mass_raw": flat.mass_raw,
+                                        "pt_jec": flat.pt_jec, "pt_orig": flat.pt_orig, "mass_orig": flat.mass_orig})
         return out[ak.argsort(out["pt"], axis=1, ascending=False)]
 
 
@@ -333,20 +327,17 @@ def _rho(events: ak.Array, name: str) -> ak.Array:
     raise ValueError(f"no rho branch {name!r} (looked for Rho_{name} and {name})")
 
 
-def _matched_gen(events: ak.Array, jets: ak.Array, cfg: JetsConfig, jet_flat: _Flat) -> tuple[np.ndarray, np.ndarray]:
+def _matched_gen(events: ak.Array, cfg: JetsConfig, jet_flat: _Flat) -> tuple[np.ndarray, np.ndarray]:
     """pt of the GenJet each jet points to and their dR; (0, inf) for no or invalid index."""
     if cfg.gen_collection not in ak.fields(events):
         raise ValueError(f"simulated events without {cfg.gen_collection}: JER smearing needs generator jets")
-    gen = events[cfg.gen_collection]
-    gen_counts = ak.to_numpy(ak.num(gen, axis=1)).astype(np.int64)
-    gen_offsets = np.concatenate([[0], np.cumsum(gen_counts)])
-    counts = jet_flat.counts
-    event_of_jet = np.repeat(np.arange(len(counts)), counts)
-    idx = np.asarray(ak.to_numpy(ak.flatten(jets[cfg.gen_index], axis=1))).astype(np.int64)
+    gen = FlatFields(events[cfg.gen_collection])
+    gen_counts = gen.counts
+    event_of_jet = jet_flat.objects.event_index
+    idx = jet_flat.objects[cfg.gen_index].astype(np.int64)
     valid = (idx >= 0) & (idx < gen_counts[event_of_jet])  # NanoAOD can point past the stored GenJets
-    where = np.where(valid, gen_offsets[event_of_jet] + idx, 0)
-    flat = lambda a: np.asarray(ak.to_numpy(ak.flatten(a, axis=1)), dtype=np.float64)  # noqa: E731
-    gen_pt, gen_eta, gen_phi = flat(gen["pt"]), flat(gen["eta"]), flat(gen["phi"])
+    where = np.where(valid, gen.starts[event_of_jet] + idx, 0)
+    gen_pt, gen_eta, gen_phi = (np.asarray(gen[name], dtype=np.float64) for name in ("pt", "eta", "phi"))
     if len(gen_pt) == 0:
         return np.zeros(len(idx)), np.full(len(idx), np.inf)
     eta, phi = jet_flat.eta, jet_flat.phi
