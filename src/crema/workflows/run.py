@@ -756,8 +756,12 @@ def _freeze_for(token: str) -> None:
     """``gc.freeze()`` for run ``token``, unless somebody else (the caller, an enclosing run) froze the
     heap: theirs to undo."""
     global _FROZEN_FOR
+    if _FROZEN_FOR == token:
+        # again (the kept trees): the run's garbage so far (the Runs trees read for normalisation, cyclic
+        # uproot objects) is collected first, walking only what the run made, or it would stay frozen
+        gc.collect()
     # get_freeze_count() walks the frozen objects (~20 ms for 300k): asked only when this run froze nothing
-    if _FROZEN_FOR != token and gc.get_freeze_count():
+    elif gc.get_freeze_count():
         return
     gc.freeze()
     _FROZEN_FOR = token
@@ -766,6 +770,9 @@ def _freeze_for(token: str) -> None:
 def _unfreeze_for(token: str) -> None:
     global _FROZEN_FOR
     if _FROZEN_FOR == token:
+        # the run's cyclic garbage is collected now, walking only what the run made: once unfrozen, the
+        # next run would freeze it again and it would never be collected (measured: ~650 objects per run)
+        gc.collect()
         gc.unfreeze()
         _FROZEN_FOR = None
 
