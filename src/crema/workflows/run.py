@@ -707,6 +707,7 @@ def run(config: Config, proc: processor.ProcessorABC | None = None, *, checkpoin
             resumable = True
         chunk_dir = open_checkpoint(checkpoint, run_manifest(config, proc), resume)
         stack.enter_context(_sigterm_interrupts())
+        stack.enter_context(_progress_bars(config.executor.progress))
         try:
             output = _run_chunks(config, proc, fileset, report, chunk_dir, runs_sums, executor)
         except KeyboardInterrupt:
@@ -721,6 +722,23 @@ def run(config: Config, proc: processor.ProcessorABC | None = None, *, checkpoin
             err.crema_report = report
             raise
     return output, report
+
+
+@contextlib.contextmanager
+def _progress_bars(shown: bool) -> Iterator[None]:
+    """Without ``progress``, coffea's console is muted for the run: coffea 2026.9 draws the iterative and
+    futures executors' progress bars whatever their ``status`` says (the iterative executor hands it to
+    rich as a task field, the futures executor never reads it)."""
+    from coffea.util import coffea_console
+
+    if shown:
+        yield
+        return
+    quiet, coffea_console.quiet = coffea_console.quiet, True
+    try:
+        yield
+    finally:
+        coffea_console.quiet = quiet
 
 
 @contextlib.contextmanager
