@@ -186,8 +186,10 @@ def test_with_fields_builds_what_with_field_gives(events, dilepton):
     collections and through the ak.with_field fallback; the collection's behaviour kept."""
     for sample in (events, dilepton):
         jets = sample.Jet
+        two = jets[ak.num(jets) >= 2]
         for coll in (jets, jets[ak.num(jets) >= 4], jets[jets.pt > 30][::-1],
-                     ak.pad_none(jets, 1, axis=1)[ak.num(jets) >= 1]):  # the last: missing objects, fallback
+                     two[ak.values_astype(ak.zeros_like(two.pt[:, :2]), np.int64)],  # first jet twice: fallback
+                     ak.pad_none(jets, 1, axis=1)[ak.num(jets) >= 1]):  # missing objects: fallback
             f = FlatFields(coll)
             pt2, extra = f["pt"] * 2.0, np.arange(f.counts.sum(), dtype=np.float64)
             got = f.with_fields({"pt": pt2, "extra": extra})
@@ -199,3 +201,7 @@ def test_with_fields_builds_what_with_field_gives(events, dilepton):
                                           ak.to_numpy(ak.flatten(expected.delta_r(expected), axis=None)))
             if "genJetIdxG" in coll.fields:  # NanoEvents cross-references still resolve
                 assert ak.all(ak.fill_none(got.matched_gen.pt == expected.matched_gen.pt, True))
+            once = f._record is not None and (isinstance(f._index, slice) or len(np.unique(f._index)) == len(f._index))
+            if once:  # a FlatFields of the result reads old and new fields straight from the layout
+                again = FlatFields(got)
+                assert all(again._content(n) is not None for n in ("extra", "pt", "eta"))

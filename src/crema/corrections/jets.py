@@ -162,7 +162,11 @@ class JetCorrector:
         # JER up/down scale factors are evaluated only when those variations are asked for
         jer = ("nominal", *(d for d in ("up", "down") if f"JER_{d}" in wanted))
         flat = self._flat(events, jer)
-        return ((v, self._build(flat, *self._pt_mass(flat, v))) for v in wanted)
+        # the fields every variation shares are added once; each variation then adds its pt and mass
+        shared = FlatFields(flat.objects.with_fields({"pt_raw": flat.pt_raw, "mass_raw": flat.mass_raw,
+                                                      "pt_jec": flat.pt_jec, "pt_orig": flat.pt_orig,
+                                                      "mass_orig": flat.mass_orig}))
+        return ((v, self._build(shared, *self._pt_mass(flat, v))) for v in wanted)
 
     def jec_factor(self, events: ak.Array) -> np.ndarray:
         """Flat (collection order) nominal calibration factor ``pt_jec / pt_raw``, before smearing."""
@@ -311,11 +315,10 @@ class JetCorrector:
         return pt * scale, mass * scale
 
     @staticmethod
-    def _build(flat: _Flat, pt: np.ndarray, mass: np.ndarray) -> ak.Array:
-        """The jets with this variation's pt and mass and the fields every variation shares, sorted by pt
-        (the collection's behaviour kept)."""
-        out = flat.objects.with_fields({"pt": pt, "mass": mass, "pt_raw": flat.pt_raw, "mass_raw": flat.mass_raw,
-                                        "pt_jec": flat.pt_jec, "pt_orig": flat.pt_orig, "mass_orig": flat.mass_orig})
+    def _build(shared: FlatFields, pt: np.ndarray, mass: np.ndarray) -> ak.Array:
+        """The jets (with the fields every variation shares) with this variation's pt and mass, sorted by
+        pt (the collection's behaviour kept)."""
+        out = shared.with_fields({"pt": pt, "mass": mass})
         return out[ak.argsort(out["pt"], axis=1, ascending=False)]
 
 
