@@ -35,6 +35,7 @@ class FlatFields:
         self._values: dict[str, np.ndarray] = {}
         self._event_index: np.ndarray | None = None
         self._fields: list[str] | None = None
+        self._each_record_once: bool | None = None  # no record twice in the gather index (with_fields)
 
     @property
     def fields(self) -> list[str]:
@@ -102,7 +103,9 @@ class FlatFields:
         field directly. A collection that holds a record twice goes through ``ak.with_field``."""
         record, index = self._record, self._index
         if record is not None and not isinstance(index, slice):
-            if np.bincount(index, minlength=record.length).max(initial=0) > 1:
+            if self._each_record_once is None:  # asked once per collection (the jets of 25 variations)
+                self._each_record_once = bool(np.bincount(index, minlength=record.length).max(initial=0) <= 1)
+            if not self._each_record_once:
                 record = None  # two objects, one record: a value each cannot sit in one place
         if record is None:
             out = self.objects

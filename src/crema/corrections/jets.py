@@ -77,8 +77,7 @@ def standard_normal(run: np.ndarray, lumi: np.ndarray, event: np.ndarray, index:
 class _Flat:
     """Flat (one entry per jet) inputs and nominal products shared by all variations of one chunk."""
 
-    objects: FlatFields  # the jets
-    counts: np.ndarray
+    objects: FlatFields  # the jets (their counts per event, event of each jet)
     eta: np.ndarray
     phi: np.ndarray
     rho: np.ndarray
@@ -245,7 +244,7 @@ class JetCorrector:
         rho = per_jet(_rho(events, cfg.rho)).astype(np.float64)
         run = per_jet(events.run)
         is_mc = "genWeight" in ak.fields(events)
-        flat = _Flat(objects=objects, counts=counts, eta=eta, phi=phi, rho=rho, pt_orig=pt, mass_orig=mass,
+        flat = _Flat(objects=objects, eta=eta, phi=phi, rho=rho, pt_orig=pt, mass_orig=mass,
                      pt_raw=pt * (1.0 - raw_factor), mass_raw=mass * (1.0 - raw_factor),
                      pt_jec=pt, mass_jec=mass, is_mc=is_mc)
 
@@ -276,9 +275,8 @@ class JetCorrector:
         # random numbers only for the jets smeared stochastically (the unmatched ones): each number is a
         # function of (run, lumi, event, jet index), so drawing fewer changes none of them
         stochastic_jets = np.flatnonzero(~matched)
-        event_of_jet = np.repeat(np.arange(len(flat.counts)), flat.counts)[stochastic_jets]
-        starts = np.cumsum(flat.counts) - flat.counts
-        index = stochastic_jets - starts[event_of_jet]  # the jet's place in its event
+        event_of_jet = flat.objects.event_index[stochastic_jets]
+        index = stochastic_jets - flat.objects.starts[event_of_jet]  # the jet's place in its event
         z = np.zeros(len(matched))
         z[stochastic_jets] = standard_normal(np.asarray(ak.to_numpy(events.run))[event_of_jet],
                                              np.asarray(ak.to_numpy(events.luminosityBlock))[event_of_jet],
