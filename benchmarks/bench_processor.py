@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -127,14 +129,9 @@ def measure_run(config_path: str, executor: str, workers: int, options: dict | N
         config = config.with_executor(maxchunks=maxchunks)
     cluster = client = None
     if executor == "dask":
-        from distributed import Client, LocalCluster
+        from distributed import Client
 
-        from crema.workflows import run as run_module
-
-        if hasattr(run_module, "local_cluster"):  # the cluster `crema run --executor dask` starts
-            cluster = run_module.local_cluster(workers)
-        else:  # an older crema tree (--before)
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        cluster = _local_cluster(workers)
         client = Client(cluster)
         config = config.with_executor(name="dask", scheduler=cluster.scheduler_address)
     else:
@@ -160,6 +157,93 @@ def measure_run(config_path: str, executor: str, workers: int, options: dict | N
         client.close()
         cluster.close()
     return result
+
+
+def measure_merge(config_path: str, repeat: int) -> dict:
+    """Reading and adding up the chunk outputs of one run (what a run does after its last chunk, in one
+    process whatever the executor): best of ``repeat``, per chunk file."""
+    import tempfile
+
+    from coffea import processor
+
+    from crema.histograms import io as store
+    from crema.workflows.config import load_config
+    from crema.workflows.run import run
+
+    with tempfile.TemporaryDirectory() as folder:
+        run(load_config(config_path).with_executor(name="iterative", progress=False), checkpoint=folder)
+        files = sorted(Path(folder).rglob("*.npz"))
+        best = float("inf")
+        for _ in range(repeat):
+            start = time.process_time()
+            processor.accumulate(store.load(f) for f in files)
+            best = min(best, time.process_time() - start)
+    return {"files": len(files), "per_file": best / len(files)}
+
+
+def measure_alternating(config_path: str, executors: list, rounds: int, chunksize: int | None = None) -> dict:
+    """Executors measured in turn in one process, ``rounds`` times: each entry of ``executors`` is
+    "iterative" or a number of dask workers (a cluster each, kept warm). Alternating run by run, a change
+    in machine load falls on every executor alike; the order rotates each round.
+
+    CPU time: iterative, this process's main thread (the only one it runs on; the idle clusters' threads in
+    this process stay out); dask, this whole process (client, scheduler) plus the cluster's workers.
+    """
+    from crema.workflows.config import load_config
+    from crema.workflows.run import run
+
+    config = load_config(config_path)
+    if chunksize:
+        config = config.with_executor(chunksize=chunksize)
+    setups, clusters = {}, []
+    try:
+        for ex in executors:
+            if ex == "iterative":
+                setups[ex] = (config.with_executor(name="iterative", workers=1), None)
+                continue
+            from distributed import Client
+
+            cluster = _local_cluster(ex)
+            client = Client(cluster)
+            clusters += [client, cluster]
+            setups[ex] = (config.with_executor(name="dask", scheduler=cluster.scheduler_address), client)
+        for ex, (cfg, _) in setups.items():  # warm-up, as in measure_run
+            run(cfg.with_executor(chunksize=2000, maxchunks=ex if ex != "iterative" else 1, progress=False))
+
+        def cpu(ex) -> float:
+            client = setups[ex][1]
+            if client is None:
+                return time.thread_time()
+            return time.process_time() + sum(client.run(time.process_time).values())
+
+        results, events, chunks = [], 0, 0
+        for i in range(rounds):
+            measured = {}
+            for ex in executors[i % len(executors):] + executors[:i % len(executors)]:
+                start, start_cpu = time.perf_counter(), cpu(ex)
+                _, report = run(setups[ex][0])
+                measured[str(ex)] = {"seconds": time.perf_counter() - start, "cpu": cpu(ex) - start_cpu}
+                events, chunks = sum(report.processed.values()), report.total_chunks
+            results.append(measured)
+    finally:
+        for c in clusters:
+            c.close()
+    return {"rounds": results, "events": events, "chunks": chunks}
+
+
+def _local_cluster(workers: int):
+    from crema.workflows import run as run_module
+
+    if hasattr(run_module, "local_cluster"):  # the cluster `crema run --executor dask` starts
+        return run_module.local_cluster(workers)
+    from distributed import LocalCluster  # an older crema tree (--before)
+
+    return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+
+
+def ratios(result: dict, num: str, den: str, key: str) -> list[float]:
+    """Per round, ``num``'s time over ``den``'s: the speed of ``den`` relative to ``num``."""
+    return [r[num][key] / r[den][key] for r in result["rounds"]]
 
 
 def _subprocess(func: str, *args, src: str | None = None) -> dict:
@@ -255,6 +339,7 @@ def main() -> None:
     parser.add_argument("--jec-events", type=int, default=50_000, help="events for the JEC row")
     parser.add_argument("--repeat", type=int, default=3, help="best of, for the JEC row")
     parser.add_argument("--runs", type=int, default=2, help="best of, for the run rows")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of alternating runs, for the dask rows")
     parser.add_argument("--no-dask", action="store_true", help="skip the dask rows")
     parser.add_argument("--memory-chunks", type=int, default=0, help="chunks for the memory row (0: no memory row)")
     parser.add_argument("--memory-chunksize", type=int, default=200_000)
@@ -285,9 +370,11 @@ def main() -> None:
         measure("jec", "measure_jec", str(files[0]), args.jec_events, args.repeat)
         measure("nominal", "measure_run", subset, "iterative", 1, nominal, 1, args.runs)
         measure("systematics", "measure_run", subset, "iterative", 1, every, 1, args.runs)
+        measure("merge", "measure_merge", config, 5)
     if not args.no_dask and not args.memory_only:
-        measure("dask1", "measure_run", config, "dask", 1, None, None, args.runs)
-        measure("dask2", "measure_run", config, "dask", 2, None, None, args.runs)
+        measure("dask1", "measure_alternating", config, ["iterative", 1], args.rounds)
+        measure("dask2", "measure_alternating", config, [1, 2], args.rounds)
+        measure("dask2_small", "measure_alternating", config, [1, 2], args.rounds, args.chunksize // 2)
     if args.memory_chunks:
         measure("memory", "measure_memory", config, args.memory_chunksize, args.memory_chunks)
 
@@ -304,15 +391,27 @@ def main() -> None:
                    f"vs {r['jec']['bare'] / r['jec']['jets'] * 1e6:.2f} s per 1M jets)", "<= 1.3x"),
         ("all systematics / nominal corrections, CPU time",
          lambda r: f"{r['systematics']['cpu'] / r['nominal']['cpu']:.2f}x", "<= 8x"),
+        ("merging the chunk outputs after the last chunk, CPU per chunk file",
+         lambda r: f"{r['merge']['per_file'] * 1e3:.1f} ms", "-"),
     ]
     if not args.no_dask and not args.memory_only:
+        def median(result: dict, num: str, den: str, key: str) -> str:
+            values = ratios(result, num, den, key)
+            return f"{statistics.median(values):.2f}x ({min(values):.2f}-{max(values):.2f})"
+
+        def at_most(result: dict) -> str:  # equal chunks on 2 workers: one of them runs ceil(n / 2)
+            n = result["chunks"]
+            return f"{n} chunks, at most {n / math.ceil(n / 2):.2f}x"
+
         rows += [
             ("dask 1 worker / iterative, events per CPU second (workers + client)",
-             lambda r: f"{rate(r['dask1']) / rate(r['iterative']):.2f}x", ">= 0.9x"),
+             lambda r: median(r["dask1"], "iterative", "1", "cpu"), ">= 0.9x"),
             ("dask 1 worker / iterative, events per wall second",
-             lambda r: f"{rate(r['dask1'], 'seconds') / rate(r['iterative'], 'seconds'):.2f}x", ">= 0.9x"),
-            ("dask 2 workers / 1 worker, events per wall second",
-             lambda r: f"{rate(r['dask2'], 'seconds') / rate(r['dask1'], 'seconds'):.2f}x", ">= 1.8x"),
+             lambda r: median(r["dask1"], "iterative", "1", "seconds"), ">= 0.9x"),
+            (f"dask 2 workers / 1 worker, events per wall second ({at_most(res['after']['dask2'])})",
+             lambda r: median(r["dask2"], "1", "2", "seconds"), ">= 1.8x"),
+            (f"the same, chunksize {args.chunksize // 2:,} ({at_most(res['after']['dask2_small'])})",
+             lambda r: median(r["dask2_small"], "1", "2", "seconds"), ">= 1.8x"),
         ]
     if args.memory_chunks:
         rows += [
@@ -325,6 +424,12 @@ def main() -> None:
     table += [f"| {name} | " + " | ".join(fmt(res[v]) for v in versions) + f" | {goal} |" for name, fmt, goal in rows]
     after = res["after"]
     times = ", ".join(f"{name} {r['seconds']:.1f} s ({r['cpu']:.1f} s CPU)" for name, r in after.items() if "cpu" in r)
+    for name, result in after.items():  # alternating runs: the median of each executor's rounds
+        for ex in result.get("rounds", [{}])[0]:
+            label = "iterative" if ex == "iterative" else f"dask {ex} worker{'s' * (ex != '1')}"
+            wall = statistics.median(r[ex]["seconds"] for r in result["rounds"])
+            cpu = statistics.median(r[ex]["cpu"] for r in result["rounds"])
+            times += f"; {name}: {label} {wall:.1f} s ({cpu:.1f} s CPU)"
     if args.memory_only:
         memory = after["memory"]
         inputs = (f"Input: {args.events:,} generated events ({', '.join(p.name for p in files)}); DeepHME, JEC/JER and "
@@ -338,8 +443,10 @@ def main() -> None:
             f"Systematics row: {after['nominal']['events']:,} events (one chunk), iterative. JEC row: "
             f"{after['jec']['jets']:,} jets of the first file in memory, best of {args.repeat}, interleaved. "
             f"Run rows: best of {args.runs} runs after a warm-up chunk per worker (cluster start-up excluded; coffea "
-            "preprocessing included). Ratios use CPU time where the machine is shared (other jobs lengthen wall "
-            "time, hardly CPU time); the 2-vs-1-worker row needs wall time and a quiet machine.")
+            f"preprocessing included); dask rows: the executors alternate run by run in one process, {args.rounds} "
+            "rounds, median ratio of the rounds (range in brackets). Ratios use CPU time where the machine is shared "
+            "(other jobs lengthen wall time, hardly CPU time); the 2-vs-1-worker rows need wall time and a quiet "
+            "machine.")
     body = "\n".join([
         inputs,
         "",
