@@ -132,9 +132,9 @@ def test_histogram_round_trip_every_axis_and_storage(tmp_path, storage):
 
 
 def test_histograms_of_one_layout_load_independent(tmp_path):
-    """Chunk files repeat a few histogram layouts, built once per process and copied: each load is its
-    own histogram, and a layout differing only in a referenced array (Variable edges) or a label is
-    another layout."""
+    """Loads sharing ``layouts`` (a run's chunk outputs) build each histogram layout once and copy it:
+    each load is its own histogram, and a layout differing only in a referenced array (Variable edges)
+    or a label is another layout."""
     def booked(edges, label="x"):
         return hist.Hist(hist.axis.StrCategory([], name="dataset", growth=True),
                          hist.axis.Variable(edges, name="x", label=label), storage=hist.storage.Weight())
@@ -145,15 +145,16 @@ def test_histograms_of_one_layout_load_independent(tmp_path):
     b.fill(dataset="TT", x=[0.5, 2, 7], weight=[1, 2, 3])
     c = booked([0, 1, 5, 20], label="y")
     files = [store.save({"h": h}, tmp_path / f"{i}.npz") for i, h in enumerate((a, b, c))]
-    first, again = store.load(files[0])["h"], store.load(files[0])["h"]
-    assert first == a and again == a and first is not again
+    layouts: dict = {}
+    first, again = store.load(files[0], layouts)["h"], store.load(files[0], layouts)["h"]
+    assert len(layouts) == 1 and first == a and again == a and first is not again
     first.fill(dataset="TT", x=[1.5], weight=[10])
-    assert again == a and store.load(files[0])["h"] == a  # filling one copy leaves the others alone
+    assert again == a and store.load(files[0], layouts)["h"] == a  # filling one copy leaves the others alone
     assert again.axes[1].label == "x"
-    other = store.load(files[1])["h"]
+    other = store.load(files[1], layouts)["h"]
     assert list(other.axes[1].edges) == [0, 2, 5, 30] and other == b
-    relabelled = store.load(files[2])["h"]
-    assert relabelled.axes[1].label == "y" and relabelled == c
+    relabelled = store.load(files[2], layouts)["h"]
+    assert relabelled.axes[1].label == "y" and relabelled == c and len(layouts) == 3
 
 
 def test_tree_round_trip_keeps_types(tmp_path):

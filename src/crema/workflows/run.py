@@ -889,7 +889,8 @@ def _run_chunks(config: Config, proc, fileset, report: RunReport, chunk_dir: Pat
                 processed[chunk.filename] += chunk.entrystop - chunk.entrystart
         proc.generator_sumw = processed_sums(runs_sums, file_entries, processed)
     start = time.perf_counter()
-    merged = processor.accumulate(store.load(chunk_dir / f"{k}.npz") for k in keys if k in done)
+    layouts: dict = {}  # every chunk output holds the same histograms: each built once
+    merged = processor.accumulate(store.load(chunk_dir / f"{k}.npz", layouts) for k in keys if k in done)
     output = proc.postprocess(merged if merged is not None else {})
     report.timings["merge"] = time.perf_counter() - start
     for name in ("nonfinite", "undefined", "normalisation"):
