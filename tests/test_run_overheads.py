@@ -293,3 +293,59 @@ def test_inspecting_a_kept_tree_reads_nothing_again(tree_file, monkeypatch):
     again = opentrees.inspect_tree(tree_file, "Events")
     assert again == first
     assert OpenTrees.of([again["record"]]).files == _cache(tree_file).files
+
+
+def test_outputs_are_merged_in_run_order_while_chunks_run(tmp_path):
+    """On dask the run reads chunk outputs as they are written, in run order: nothing past an output not
+    yet written (a chunk still running, or never written: a bad chunk), and the sum is the one
+    ``accumulate`` gives over the done outputs in that order, bit for bit."""
+    import time
+
+    import hist
+    from coffea import processor
+
+    from crema.histograms import io as store
+    from crema.workflows.run import OrderedMerge
+
+    rng = np.random.default_rng(3)
+    keys = [f"k{i}" for i in range(5)]
+    outs = {}
+    for k in keys:
+        h = hist.Hist(hist.axis.Regular(10, 0, 1, name="x"), storage=hist.storage.Weight())
+        h.fill(x=rng.random(200), weight=rng.lognormal(0, 3, 200))  # sums that depend on their order
+        outs[k] = {"h": h, "n": {"a": 1}, "files": {k}}
+
+    def wait_for(merge, n):
+        deadline = time.monotonic() + 10
+        while merge.next < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return merge.next
+
+    merge = OrderedMerge(tmp_path, keys)
+    with merge.following():
+        store.save(outs["k1"], tmp_path / "k1.npz")
+        time.sleep(3 * OrderedMerge.POLL_S)
+        assert merge.next == 0  # k0 first
+        store.save(outs["k0"], tmp_path / "k0.npz")
+        assert wait_for(merge, 2) == 2
+        store.save(outs["k3"], tmp_path / "k3.npz")  # k2 is never written
+        time.sleep(3 * OrderedMerge.POLL_S)
+        assert merge.next == 2
+        store.save(outs["k4"], tmp_path / "k4.npz")
+    done = {"k0", "k1", "k3", "k4"}
+    total = merge.finish(done)
+    expected = processor.accumulate(store.load(tmp_path / f"{k}.npz") for k in keys if k in done)
+    assert np.array_equal(total["h"].values(flow=True), expected["h"].values(flow=True))
+    assert np.array_equal(total["h"].variances(flow=True), expected["h"].variances(flow=True))
+    assert total["n"] == {"a": 4} and total["files"] == done
+
+    one = OrderedMerge(tmp_path, keys)  # a single output is returned as read
+    assert one.finish({"k3"})["files"] == {"k3"}
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "k0.npz").write_bytes(b"not a crema file")
+    broken = OrderedMerge(tmp_path / "bad", keys)
+    with broken.following():
+        time.sleep(3 * OrderedMerge.POLL_S)
+    with pytest.raises(ValueError, match="k0.npz"):  # the reading thread's error, raised to the run
+        broken.finish({"k0"})

@@ -584,6 +584,73 @@ def _done_keys(chunk_dir: Path) -> set[str]:
     return {p.stem for p in chunk_dir.glob("*.npz")}
 
 
+class OrderedMerge:
+    """Adds up a run's chunk outputs in the run's order (dataset, file, entry), so the sums do not
+    depend on the executor, with the additions coffea's ``accumulate`` makes over the whole sequence.
+
+    :meth:`following` reads them in a thread while the chunks run in other processes (dask workers):
+    each output as soon as it and every one before it are written, so what is left after the last
+    chunk is the few not yet read. The files of one run share their histogram layouts (see
+    :func:`crema.histograms.io.load`).
+    """
+
+    POLL_S = 0.05
+
+    def __init__(self, chunk_dir: Path, keys: list[str]) -> None:
+        self._paths = [chunk_dir / f"{k}.npz" for k in keys]
+        self._layouts: dict = {}
+        self._first = self._total = None
+        self._count = 0  # outputs added
+        self.next = 0  # outputs before this one are read
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+
+    def _add(self, path: Path) -> None:
+        out = store.load(path, self._layouts)
+        # as accumulate(all): a new object from the first two, then in place
+        if self._count == 0:
+            self._first = out
+        elif self._count == 1:
+            self._total, self._first = processor.accumulate([self._first, out]), None
+        else:
+            self._total = processor.accumulate([out], self._total)
+        self._count += 1
+
+    def _follow(self) -> None:
+        try:
+            while not self._stop.is_set():
+                while self.next < len(self._paths) and self._paths[self.next].exists():  # written atomically
+                    self._add(self._paths[self.next])
+                    self.next += 1
+                self._stop.wait(self.POLL_S)
+        except BaseException as err:  # raised again by finish()
+            self._error = err
+
+    @contextlib.contextmanager
+    def following(self, enabled: bool = True) -> Iterator[None]:
+        """Read outputs in a thread while the block runs (no thread when not ``enabled``)."""
+        if not enabled:
+            yield
+            return
+        thread = threading.Thread(target=self._follow, name="crema-merge", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            self._stop.set()
+            thread.join()
+
+    def finish(self, done: set[str]) -> Any:
+        """The sum over every output in ``done`` (chunk keys), reading those not read yet."""
+        if self._error is not None:
+            raise self._error
+        for path in self._paths[self.next:]:
+            if path.stem in done:
+                self._add(path)
+        self.next = len(self._paths)
+        return self._first if self._count == 1 else self._total
+
+
 class CheckpointingProcessor(processor.ProcessorABC):
     """Runs ``proc`` on a chunk and writes its output to ``directory/<chunk key>.npz`` (crema.histograms.io).
 
@@ -844,7 +911,12 @@ def _run_chunks(config: Config, proc, fileset, report: RunReport, chunk_dir: Pat
         todo = [c for c, k in zip(chunks, keys) if k not in done_before]
         start = time.perf_counter()
         wrapper = CheckpointingProcessor(proc, chunk_dir, _probe_branches(proc, config))
-        with warnings.catch_warnings():
+        merge = OrderedMerge(chunk_dir, keys)
+        # on dask the chunks run in the workers' processes: this one reads their outputs meanwhile.
+        # Not beside the iterative executor (the chunks run in this process) nor the futures pool (it
+        # forks its workers when the first chunk is submitted; a fork copies no thread but this one)
+        follow = isinstance(executor, processor.DaskExecutor)
+        with warnings.catch_warnings(), merge.following(follow):
             # coffea warns once per chunk it skips; crema reports them together in RunReport
             warnings.filterwarnings("ignore", message="Skipping bad file")
             try:
@@ -889,8 +961,7 @@ def _run_chunks(config: Config, proc, fileset, report: RunReport, chunk_dir: Pat
                 processed[chunk.filename] += chunk.entrystop - chunk.entrystart
         proc.generator_sumw = processed_sums(runs_sums, file_entries, processed)
     start = time.perf_counter()
-    layouts: dict = {}  # every chunk output holds the same histograms: each built once
-    merged = processor.accumulate(store.load(chunk_dir / f"{k}.npz", layouts) for k in keys if k in done)
+    merged = merge.finish(done)
     output = proc.postprocess(merged if merged is not None else {})
     report.timings["merge"] = time.perf_counter() - start
     for name in ("nonfinite", "undefined", "normalisation"):
