@@ -151,6 +151,51 @@ def test_missing_branch_names_branch_and_use(tmp_path):
         run(load_config(write_config(tmp_path, [partial])))
 
 
+def test_missing_jet_flavour_is_named_before_any_chunk(tmp_path):
+    # simulation fills b-tag efficiency maps from every selected jet's hadronFlavour
+    partial = write_subset(tmp_path / "noflavour.root", drop=("Jet_hadronFlavour",))
+    with pytest.raises(InputError, match=r"noflavour.root: branch 'Jet_hadronFlavour' is missing; it is needed by "
+                                         r"b-tag efficiency"):
+        run(load_config(write_config(tmp_path, [partial])))
+
+
+@pytest.mark.parametrize("name,process,options", [
+    ("hhbbww", "tt_sl", {}), ("hhbbww", "tt_sl", {"corrections": {"systematics": True}}),
+    ("tth", "tt_sl", {}), ("ttbar_eft", "tt_dl", {})], ids=["hhbbww", "hhbbww-systematics", "tth", "ttbar_eft"])
+def test_every_branch_read_is_declared(tmp_path, name, process, options):
+    """preflight checks the branches a processor declares: one read but not declared would fail inside a
+    chunk with awkward's error instead of an error naming the file and the branch."""
+    import warnings
+
+    from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
+
+    from crema.generate import write_nanoaod
+    from crema.workflows.run import build_processor, required_branches
+
+    path = write_nanoaod(tmp_path / "tt.root", process, 300, seed=5)
+    config = {"luminosity_fb": LUMI, "processor": {"name": name, "options": options},
+              "executor": {"name": "iterative", "progress": False}, "output": str(tmp_path / "out"),
+              "datasets": [{"name": "TT", "kind": "background", "process": "ttbar", "xsec_pb": XSEC,
+                            "files": [str(path)]}]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    config = load_config(tmp_path / "c.yaml")
+    proc = build_processor(config)
+    log: list = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        events = NanoEventsFactory.from_root({str(path): "Events"}, schemaclass=NanoAODSchema, mode="virtual",
+                                             access_log=log, metadata={"dataset": "TT", "filename": str(path),
+                                                                       "treename": "Events", "entrystart": 0,
+                                                                       "entrystop": 300}).events()
+        proc.process(events)
+    dataset = config.datasets[0]
+    declared = set(required_branches(proc, dataset)) | set(getattr(proc, "optional_branches", lambda sample: {})(dataset.sample))
+    read = {a.branch for a in log}
+    collections = {b.split("_", 1)[0] for b in declared if "_" in b}
+    counters = {f"n{c}" for c in collections}  # NanoEvents reads each collection's counter itself
+    assert len(read) > 40 and read - counters <= declared, sorted(read - counters - declared)
+
+
 def test_real_file_lacks_cvnotb_and_says_so(tmp_path):
     sel = yaml.safe_load((Path(__file__).parents[1] / "src/crema/configs/selection/hhbbww_run3.yaml").read_text())
     sel["btag"]["score"] = "btagPNetCvNotB"

@@ -132,6 +132,15 @@ class EventWeights:
         out += ["btag_bc", "btag_light"] if self.btag_sf else []
         return out
 
+    def required_branches(self) -> dict[str, str]:
+        """Branches these weights read in simulation beyond the selected objects' kinematics -> what needs them."""
+        needs = {}
+        if self.pileup:
+            needs["Pileup_nTrueInt"] = "pileup weight (the era's pileup correction)"
+        if self.btag_sf:
+            needs["Jet_hadronFlavour"] = "b-tag weights (the era's btag_sf)"
+        return needs
+
     @property
     def variations(self) -> list[str]:
         """Weight variations as coffea ``Weights`` names them: ``<name>Up``, ``<name>Down``."""

@@ -144,10 +144,10 @@ def jet_correction_branches(corrector: JetCorrector | None, sample: SampleInfo) 
         return {}
     why = "jet energy corrections (processor.options.corrections.jets)"
     needs = {b: why for b in ("Jet_rawFactor", "Jet_area", f"Rho_{corrector.config.rho}")}
-    if sample.is_mc:
-        needs["Jet_genJetIdx"] = needs["GenJet_pt"] = "jet energy resolution smearing"
-    else:
-        needs["run"] = "data jet energy corrections"
+    if sample.is_mc:  # the matched GenJet's pt, and their dR
+        needs.update({b: "jet energy resolution smearing" for b in ("Jet_genJetIdx", "GenJet_pt", "GenJet_eta",
+                                                                    "GenJet_phi")})
+    needs["run"] = "jet energy corrections (their run input) and JER random numbers seeded per event"
     needs["luminosityBlock"] = needs["event"] = "JER random numbers seeded per event"
     if corrector.calibration is not None:
         where = "processor.options.corrections.jet_calibration"

@@ -280,11 +280,12 @@ class HHbbWWProcessor(processor.ProcessorABC):
             needs.update({f"Jet_{t}": "SPANet jet inputs" for t in self.spanet.tags.values() if isinstance(t, str)})
         if sample.is_mc:
             needs["genWeight"] = "event weights (simulated datasets)"
+            needs["Jet_hadronFlavour"] = "b-tag efficiency maps (simulated datasets)"
         if self.classifier is not None:
             needs["event"] = "classifier (event parity picks the fold)"
         needs.update(jet_correction_branches(self.jet_corrector, sample))
-        if self.event_weights is not None and sample.is_mc and self.event_weights.pileup is not None:
-            needs["Pileup_nTrueInt"] = "pileup weight (processor.options.corrections.weights)"
+        if self.event_weights is not None and sample.is_mc:
+            needs.update(self.event_weights.required_branches())
         return needs
 
     def optional_branches(self, sample: SampleInfo) -> dict[str, str]:

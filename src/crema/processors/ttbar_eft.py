@@ -40,6 +40,7 @@ FEATURES = (
 )
 HIST_2D = ("pt_ll", "eta_l1")
 PARTON_FEATURES = ("m_tt", "y_tt", "cos_theta_star")  # from the GenPart tops, where present
+GENPART_BRANCHES = ("nGenPart", "GenPart_pdgId", "GenPart_pt", "GenPart_eta", "GenPart_phi", "GenPart_mass")
 
 
 @dataclass(frozen=True)
@@ -238,9 +239,16 @@ class TTbarEFTProcessor(processor.ProcessorABC):
         if self.options.features:
             needs["event"] = "the feature table (processor.options.features)"
         if self.eft_model is not None and set(self.eft_model.features) & set(PARTON_FEATURES):
-            for b in ("nGenPart", "GenPart_pdgId", "GenPart_pt", "GenPart_eta", "GenPart_phi", "GenPart_mass"):
-                needs[b] = "parton features of processor.options.eft_model"
+            needs.update(dict.fromkeys(GENPART_BRANCHES, "parton features of processor.options.eft_model"))
+        if self.event_weights is not None and sample.is_mc:
+            needs.update(self.event_weights.required_branches())
         return needs
+
+    def optional_branches(self, sample: SampleInfo) -> dict[str, str]:
+        """Branches read when a file has them -> what is left out without them (a start-up notice)."""
+        if not sample.is_mc:
+            return {}
+        return dict.fromkeys(GENPART_BRANCHES, f"the parton-level features ({', '.join(PARTON_FEATURES)})")
 
     def empty_output(self) -> dict[str, Any]:
         """The output of a run over no events."""
