@@ -86,7 +86,7 @@ def accessed_branches(config_path: str) -> list[str]:
         warnings.simplefilter("ignore")
         events = NanoEventsFactory.from_root(
             {config.datasets[0].files[0]: "Events"}, schemaclass=NanoAODSchema, mode="virtual",
-            entry_stop=2000, access_log=log, metadata={"dataset": "bench", "filename": "x"},
+            entry_stop=2000, access_log=log, metadata={"dataset": config.datasets[0].name, "filename": "x"},
         ).events()
         proc.process(events)
     return sorted({a.branch for a in log})
