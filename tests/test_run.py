@@ -189,7 +189,8 @@ def test_every_branch_read_is_declared(tmp_path, name, process, options):
                                                                        "entrystop": 300}).events()
         proc.process(events)
     dataset = config.datasets[0]
-    declared = set(required_branches(proc, dataset)) | set(getattr(proc, "optional_branches", lambda sample: {})(dataset.sample))
+    optional = getattr(proc, "optional_branches", lambda sample: {})
+    declared = set(required_branches(proc, dataset)) | set(optional(dataset.sample))
     read = {a.branch for a in log}
     collections = {b.split("_", 1)[0] for b in declared if "_" in b}
     counters = {f"n{c}" for c in collections}  # NanoEvents reads each collection's counter itself

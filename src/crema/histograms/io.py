@@ -164,7 +164,8 @@ def _decode(node: Any, arrays: Any, layouts: dict | None = None) -> Any:
         if cls is None:
             raise ValueError(f"stored object of type {node['$object']!r}: no such type is registered "
                              "(import the module that defines it first)")
-        return cls._crema_from_state({k: arrays[v] for k, v in node["arrays"].items()}, _decode(node["meta"], arrays, layouts))
+        state = {k: arrays[v] for k, v in node["arrays"].items()}
+        return cls._crema_from_state(state, _decode(node["meta"], arrays, layouts))
     raise ValueError(f"unknown node in stored tree: {sorted(node)}")
 
 
