@@ -3,9 +3,10 @@
 Rows: (1) the processor without ML and corrections against a pure uproot read of exactly the
 branches it reads; (2) crema's nominal JEC + JER against bare correctionlib on the same jets (the
 compound L1L2L3Res, the JER resolution and scale factor, inputs already flat numpy); (3) all
-systematic variations against the nominal-only run with corrections; (4) dask with 1 worker against
-the iterative executor; (5) dask with 2 workers against 1; (6) with ``--memory-chunks``: RSS after
-each chunk and peak RSS of one process running DeepHME + all systematics.
+systematic variations against the nominal-only run with corrections; (4) reading and adding up the
+chunk outputs; (5) dask with 1 worker against the iterative executor; (6) dask with 2 workers against 1,
+also at half the chunk size (the executors of (5) and (6) take turns run by run in one process); (7) with
+``--memory-chunks``: RSS after each chunk and peak RSS of one process running DeepHME + all systematics.
 
 Each measurement runs in its own Python process (its peak RSS is its own); with ``--before SRC`` every
 one is also run on another crema source tree (e.g. ``git archive`` of an older commit), interleaved
@@ -114,49 +115,28 @@ def _best(best: dict, seconds: float, cpu: float) -> dict:
     return {"seconds": min(seconds, best.get("seconds", seconds)), "cpu": min(cpu, best.get("cpu", cpu))}
 
 
-def measure_run(config_path: str, executor: str, workers: int, options: dict | None = None,
-                maxchunks: int | None = None, runs: int = 1) -> dict:
-    """Best of ``runs``: wall time, and CPU time of this process plus, on dask, of the workers."""
+def measure_run(config_path: str, options: dict | None = None, maxchunks: int | None = None,
+                runs: int = 1) -> dict:
+    """Best of ``runs`` with the iterative executor: wall and CPU time of this process."""
     from dataclasses import replace
 
     from crema.workflows.config import load_config
     from crema.workflows.run import run
 
-    config = load_config(config_path)
+    config = load_config(config_path).with_executor(name="iterative")
     if options:
         config = replace(config, processor=replace(config.processor, options=options))
     if maxchunks:
         config = config.with_executor(maxchunks=maxchunks)
-    cluster = client = None
-    if executor == "dask":
-        from distributed import Client
-
-        cluster = _local_cluster(workers)
-        client = Client(cluster)
-        config = config.with_executor(name="dask", scheduler=cluster.scheduler_address)
-    else:
-        config = config.with_executor(name=executor, workers=workers)
-    # one small chunk per worker first: one-off costs (imports, numba compilation in NanoEvents,
-    # correctionlib/ONNX set-up) stay out of the throughput, as in any long-running pool
-    run(config.with_executor(chunksize=2000, maxchunks=max(workers, 1), progress=False))
-    def cpu() -> float:
-        workers_cpu = client.run(time.process_time) if client is not None else {}
-        return time.process_time() + sum(workers_cpu.values())
-
+    # one small chunk first: one-off costs (imports, numba compilation in NanoEvents, correctionlib/ONNX
+    # set-up) stay out of the throughput, as in any long-running process
+    run(config.with_executor(chunksize=2000, maxchunks=1, progress=False))
     best = {}
     for _ in range(runs):
-        start, start_cpu = time.perf_counter(), cpu()
-        output, report = run(config)
-        best = _best(best, time.perf_counter() - start, cpu() - start_cpu)
-    result = {**best, "events": sum(report.processed.values()), "rss_mb": _maxrss_mb()}
-    if client is not None:
-        import resource
-
-        rss = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-        result["worker_rss_mb"] = max(rss.values())
-        client.close()
-        cluster.close()
-    return result
+        start, start_cpu = time.perf_counter(), time.process_time()
+        _, report = run(config)
+        best = _best(best, time.perf_counter() - start, time.process_time() - start_cpu)
+    return {**best, "events": sum(report.processed.values()), "rss_mb": _maxrss_mb()}
 
 
 def measure_merge(config_path: str, repeat: int) -> dict:
@@ -370,10 +350,10 @@ def main() -> None:
         parser.error("--memory-only needs --memory-chunks")
     if not args.memory_only:
         measure("read", "measure_uproot", config, args.chunksize, args.runs)
-        measure("iterative", "measure_run", config, "iterative", 1, None, None, args.runs)
+        measure("iterative", "measure_run", config, None, None, args.runs)
         measure("jec", "measure_jec", str(files[0]), args.jec_events, args.repeat)
-        measure("nominal", "measure_run", subset, "iterative", 1, nominal, 1, args.runs)
-        measure("systematics", "measure_run", subset, "iterative", 1, every, 1, args.runs)
+        measure("nominal", "measure_run", subset, nominal, 1, args.runs)
+        measure("systematics", "measure_run", subset, every, 1, args.runs)
         measure("merge", "measure_merge", config, 5)
     if not args.no_dask and not args.memory_only:
         measure("dask1", "measure_alternating", config, ["iterative", 1], args.rounds)
@@ -395,7 +375,7 @@ def main() -> None:
                    f"vs {r['jec']['bare'] / r['jec']['jets'] * 1e6:.2f} s per 1M jets)", "<= 1.3x"),
         ("all systematics / nominal corrections, CPU time",
          lambda r: f"{r['systematics']['cpu'] / r['nominal']['cpu']:.2f}x", "<= 8x"),
-        ("merging the chunk outputs after the last chunk, CPU per chunk file",
+        ("merging the chunk outputs (reading and adding them), CPU per chunk file",
          lambda r: f"{r['merge']['per_file'] * 1e3:.1f} ms", "-"),
     ]
     if not args.no_dask and not args.memory_only:

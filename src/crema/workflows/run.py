@@ -599,22 +599,16 @@ class OrderedMerge:
     def __init__(self, chunk_dir: Path, keys: list[str]) -> None:
         self._paths = [chunk_dir / f"{k}.npz" for k in keys]
         self._layouts: dict = {}
-        self._first = self._total = None
-        self._count = 0  # outputs added
+        self._total: Any = None
         self.next = 0  # outputs before this one are read
         self._stop = threading.Event()
         self._error: BaseException | None = None
 
     def _add(self, path: Path) -> None:
         out = store.load(path, self._layouts)
-        # as accumulate(all): a new object from the first two, then in place
-        if self._count == 0:
-            self._first = out
-        elif self._count == 1:
-            self._total, self._first = processor.accumulate([self._first, out]), None
-        else:
-            self._total = processor.accumulate([out], self._total)
-        self._count += 1
+        # added in place into the first output read (this merge's own object): the same sums, in the same
+        # order and key order, as accumulate() over the sequence, which copies the first to spare its input
+        self._total = out if self._total is None else processor.accumulate([out], self._total)
 
     def _follow(self) -> None:
         try:
@@ -648,7 +642,7 @@ class OrderedMerge:
             if path.stem in done:
                 self._add(path)
         self.next = len(self._paths)
-        return self._first if self._count == 1 else self._total
+        return self._total
 
 
 class CheckpointingProcessor(processor.ProcessorABC):
