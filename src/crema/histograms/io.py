@@ -66,6 +66,9 @@ def register(name: str) -> Callable[[type], type]:
     return deco
 
 
+_PLAIN = (bool, str, int, float)  # exact types: JSON as they are (subclasses, e.g. numpy's, are not)
+
+
 class _Encoder:
     def __init__(self) -> None:
         self.arrays: dict[str, np.ndarray] = {}
@@ -78,6 +81,8 @@ class _Encoder:
         return ref
 
     def __call__(self, obj: Any, where: str = "") -> Any:
+        if obj is None or type(obj) in _PLAIN:  # most nodes (axis metadata, counters): checked first
+            return obj
         import awkward as ak
         import boost_histogram as bh
 
@@ -86,11 +91,7 @@ class _Encoder:
             arrays, meta = obj._crema_state()
             return {"$object": name, "meta": self(meta, f"{where}.meta"),
                     "arrays": {k: self.array(np.asarray(v), f"{where}.{k}") for k, v in arrays.items()}}
-        if obj is None or isinstance(obj, (bool, str)):
-            return obj
-        if isinstance(obj, int) and type(obj) is int:
-            return obj
-        if type(obj) is float:
+        if isinstance(obj, (bool, str)):
             return obj
         if isinstance(obj, dict):
             return {"$dict": [[self(k, f"{where}[key]"), self(v, f"{where}[{k!r}]")] for k, v in obj.items()]}
@@ -169,6 +170,41 @@ def _decode(node: Any, arrays: Any, layouts: dict | None = None) -> Any:
     raise ValueError(f"unknown node in stored tree: {sorted(node)}")
 
 
+# storages whose sum is the sum of their cells, value by value (what boost-histogram's += does for them)
+_CELLWISE = frozenset({"Double", "Int64", "Weight"})
+
+
+def _add_into(total: Any, node: Any, arrays: Any, layouts: dict) -> Any:
+    """``total`` plus the encoded ``node``, as coffea's ``iadd`` adds accumulators (``total`` is changed);
+    dicts and the histograms of a layout in ``layouts`` are added in place, without building ``node``'s."""
+    if isinstance(node, dict) and "$dict" in node and type(total) is dict:
+        for k, v in node["$dict"]:
+            key = _decode(k, arrays)
+            # iadd's key order: the total's keys, then new keys in the order they come
+            total[key] = _add_into(total[key], v, arrays, layouts) if key in total else _decode(v, arrays, layouts)
+        return total
+    if type(node) in (int, float) and type(total) in (int, float):  # counters (not bool: True + True is 2)
+        return total + node
+    if isinstance(node, dict) and "$scalar" in node and isinstance(total, np.generic):
+        return total + arrays[node["$scalar"]][()]
+    if isinstance(node, dict) and "$hist" in node and node["storage"] in _CELLWISE:
+        key = (node["class"], node["storage"], tuple(node["shape"]), _layout(node["$hist"], arrays))
+        template = layouts.get(key)
+        if (template is not None and type(total) is type(template) and total.storage_type is template.storage_type
+                and total.axes == template.axes):
+            cells = total.view(flow=True).view(np.ndarray)
+            add = arrays[node["contents"]]
+            if cells.dtype.names:  # Weight: value and variance
+                for name in cells.dtype.names:
+                    cells[name] += add[name]
+            else:
+                cells += add
+            return total
+    from coffea.processor.accumulator import iadd
+
+    return iadd(total, _decode(node, arrays, layouts))
+
+
 def _layout(node: Any, arrays: Any) -> tuple:
     """A hashable form of an encoded tree (a histogram's axes and metadata): its JSON text and the
     dtype, shape and bytes of each array it references."""
@@ -208,11 +244,15 @@ def encode(obj: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 
 def decode(meta: dict[str, Any], arrays: dict[str, np.ndarray], layouts: dict | None = None) -> Any:
     """Inverse of :func:`encode`; ``layouts``: see :func:`load`."""
+    return _decode(_tree(meta), arrays, layouts)
+
+
+def _tree(meta: dict[str, Any]) -> Any:
     if meta.get("format") != FORMAT:
         raise ValueError(f"not a {FORMAT} structure")
     if meta.get("version", 0) > VERSION:
         raise ValueError(f"{FORMAT} version {meta['version']} is newer than this crema reads ({VERSION})")
-    return _decode(meta["tree"], arrays, layouts)
+    return meta["tree"]
 
 
 def save(obj: Any, path: str | os.PathLike, compress: bool = True) -> Path:
@@ -234,6 +274,20 @@ def load(path: str | os.PathLike, layouts: dict | None = None) -> Any:
     outputs): each histogram layout (axes, metadata) is built once into it and copied for every file,
     ~0.2 ms against ~0.9 ms per histogram (hist's checks of every axis).
     """
+    meta, arrays = _read(path)
+    return decode(meta, arrays, layouts)
+
+
+def load_into(total: Any, path: str | os.PathLike, layouts: dict) -> Any:
+    """``total`` plus what ``path`` holds, added as coffea's ``accumulate`` adds outputs; ``total`` is
+    changed. For a run's chunk outputs: ``total`` is an earlier :func:`load` with the same ``layouts``,
+    and each histogram of a layout seen before is added cell by cell into ``total``'s, without being built
+    (about half the time of ``load`` plus ``accumulate``)."""
+    meta, arrays = _read(path)
+    return _add_into(total, _tree(meta), arrays, layouts)
+
+
+def _read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
@@ -243,7 +297,7 @@ def load(path: str | os.PathLike, layouts: dict | None = None) -> Any:
             arrays = {k: npz[k] for k in npz.files if k != TREE_KEY}
     except (OSError, ValueError, EOFError) as err:
         raise ValueError(f"{path}: cannot read ({err})") from err
-    return decode(meta, arrays, layouts)
+    return meta, arrays
 
 
-__all__ = ["register", "encode", "decode", "save", "load"]
+__all__ = ["register", "encode", "decode", "save", "load", "load_into"]

@@ -605,10 +605,12 @@ class OrderedMerge:
         self._error: BaseException | None = None
 
     def _add(self, path: Path) -> None:
-        out = store.load(path, self._layouts)
         # added in place into the first output read (this merge's own object): the same sums, in the same
         # order and key order, as accumulate() over the sequence, which copies the first to spare its input
-        self._total = out if self._total is None else processor.accumulate([out], self._total)
+        if self._total is None:
+            self._total = store.load(path, self._layouts)
+        else:
+            self._total = store.load_into(self._total, path, self._layouts)
 
     def _follow(self) -> None:
         try:
