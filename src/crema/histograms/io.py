@@ -91,7 +91,7 @@ class _Encoder:
             arrays, meta = obj._crema_state()
             return {"$object": name, "meta": self(meta, f"{where}.meta"),
                     "arrays": {k: self.array(np.asarray(v), f"{where}.{k}") for k, v in arrays.items()}}
-        if isinstance(obj, (bool, str)):
+        if isinstance(obj, str):  # a str subclass
             return obj
         if isinstance(obj, dict):
             return {"$dict": [[self(k, f"{where}[key]"), self(v, f"{where}[{k!r}]")] for k, v in obj.items()]}
