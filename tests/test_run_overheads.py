@@ -154,6 +154,32 @@ def test_a_run_reads_each_input_tree_once(tmp_path, monkeypatch):
         assert np.array_equal(h.variances(flow=True), again["histograms"][name].variances(flow=True)), name
 
 
+def test_more_files_than_kept_trees_read_the_first_ones_once(tmp_path, monkeypatch):
+    """Preflight reads the files last to first, so the trees it leaves open are those the chunks need
+    first: with MAX_OPEN kept trees, a run over N > MAX_OPEN files reads N + (N - MAX_OPEN) trees, not 2N
+    (the chunks, in config order, would otherwise find each tree dropped just before), and a later run in
+    the same process 2 (N - MAX_OPEN), not 2N."""
+    from test_run import write_config, write_subset
+
+    from crema.workflows.config import load_config
+    from crema.workflows.run import run
+
+    files = [write_subset(tmp_path / f"f{i}.root", entry_stop=40 + i) for i in range(3)]
+    monkeypatch.setattr(opentrees, "MAX_OPEN", 2)
+    reads = []
+    read = opentrees._open
+    monkeypatch.setattr(opentrees, "_open", lambda path, *a: (reads.append(os.path.basename(path)), read(path, *a))[1])
+    config = load_config(write_config(tmp_path, files, chunksize=64))
+    _, report = run(config)
+    assert report.processed_chunks == 3
+    assert reads == ["f2.root", "f1.root", "f0.root", "f2.root"]
+    # a second run in this process: preflight finds f2 and f1 kept, and what it uses counts as a use (f2
+    # then goes first): 2 (N - MAX_OPEN) reads per run
+    reads.clear()
+    run(config)
+    assert reads == ["f0.root", "f2.root"]
+
+
 FREEZE_COUNTS: list[int] = []
 
 

@@ -9,6 +9,11 @@ thread, attached to a file handle kept open here, and later opens of that file t
 A cached tree is only returned for the file it was read from: entries are keyed by path, size and
 modification time as well as by uproot's key (the file's UUID, which a copied file shares with its
 original), and only for the files of the current run (:meth:`OpenTrees.of`).
+
+At most ``MAX_OPEN`` trees are kept per process, the least recently used dropped first. A run's preflight
+reads its files last to first, so with more files than that the trees left open are those of the first
+files the chunks read: N + (N - MAX_OPEN) tree reads in a run over N files, 2 (N - MAX_OPEN) in a later run
+in the same process, where reading in config order gave 2N in both.
 """
 
 from __future__ import annotations
@@ -106,8 +111,12 @@ def _kept_tree(ident: tuple[str, int, int], treename: str):
     seen = _KEPT.get(ident)
     if seen is None or seen[1].lstrip("/").split(";")[0] != treename.lstrip("/").split(";")[0]:
         return None
+    key = (_owner(), *ident, seen[0])
     with _LOCK:
-        return _TREES.get((_owner(), *ident, seen[0]))
+        tree = _TREES.get(key)
+        if tree is not None:  # used now: the last to be dropped
+            _TREES.move_to_end(key)
+        return tree
 
 
 class OpenTrees(MutableMapping):

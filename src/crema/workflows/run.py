@@ -274,7 +274,10 @@ def preflight(config: Config, proc: processor.ProcessorABC,
     report = RunReport()
     fileset = config.fileset()
     items = [(d.name, path, tree) for d in config.datasets for path, tree in fileset[d.name]["files"].items()]
-    found = dict(zip(items, (inspect_files or _inspect_here)([(path, tree) for _, path, tree in items])))
+    # read last file first: of the trees this leaves open (the MAX_OPEN most recently read), the chunks,
+    # which run in config order, then start on theirs instead of reading each tree again
+    backwards = items[::-1]
+    found = dict(zip(backwards, (inspect_files or _inspect_here)([(path, tree) for _, path, tree in backwards])))
     for dataset in config.datasets:
         needs = required_branches(proc, dataset)
         optional = getattr(proc, "optional_branches", lambda sample: {})(dataset.sample)
