@@ -129,6 +129,22 @@ def test_the_store_is_bounded(tmp_path):
     assert kept == set(paths[-opentrees.MAX_OPEN:])
 
 
+def test_the_store_is_bounded_by_branches(tmp_path, monkeypatch):
+    """Kept trees are bounded by their branches (what their metadata costs) as well: trees of 5 branches
+    under a budget of 12 keep two; a tree over the budget alone is still kept (the file being read)."""
+    monkeypatch.setattr(opentrees, "MAX_BRANCHES", 12)
+    paths = []
+    for i in range(4):
+        path = tmp_path / f"f{i}.root"
+        with uproot.recreate(path) as f:
+            f.mktree("Events", {f"x{j}": np.float64 for j in range(5 if i < 3 else 20)})
+        paths.append(str(path))
+        open_tree(paths[-1], "Events")
+        if i == 2:
+            assert [k[1] for k in opentrees._TREES] == paths[1:3]
+    assert [k[1] for k in opentrees._TREES] == paths[3:]
+
+
 def test_a_run_reads_each_input_tree_once(tmp_path, monkeypatch):
     """coffea opens the file once to preprocess and once per chunk: all of them take the tree
     preflight read (a miss would store a tree read by another handle)."""

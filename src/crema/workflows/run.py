@@ -274,7 +274,7 @@ def preflight(config: Config, proc: processor.ProcessorABC,
     report = RunReport()
     fileset = config.fileset()
     items = [(d.name, path, tree) for d in config.datasets for path, tree in fileset[d.name]["files"].items()]
-    # read last file first: of the trees this leaves open (the MAX_OPEN most recently read), the chunks,
+    # read last file first: of the trees this leaves open (the most recently read), the chunks,
     # which run in config order, then start on theirs instead of reading each tree again
     backwards = items[::-1]
     found = dict(zip(backwards, (inspect_files or _inspect_here)([(path, tree) for _, path, tree in backwards])))
