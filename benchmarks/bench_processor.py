@@ -160,16 +160,16 @@ def measure_merge(config_path: str, repeat: int) -> dict:
         run(load_config(config_path).with_executor(name="iterative", progress=False), checkpoint=folder)
         files = sorted(Path(folder).rglob("*.npz"))
         keys = [f.stem for f in files]
-        # as crema.workflows.run merges (an older tree's load takes no layouts)
-        shared = "layouts" in inspect.signature(store.load).parameters
         best = float("inf")
         for _ in range(repeat):
             start = time.process_time()
-            if OrderedMerge is not None:
+            if OrderedMerge is not None:  # as crema.workflows.run merges
                 OrderedMerge(files[0].parent, keys).finish(set(keys))
-            else:
+            elif "layouts" in inspect.signature(store.load).parameters:
                 layouts: dict = {}
-                processor.accumulate(store.load(f, layouts) if shared else store.load(f) for f in files)
+                processor.accumulate(store.load(f, layouts) for f in files)
+            else:
+                processor.accumulate(store.load(f) for f in files)
             best = min(best, time.process_time() - start)
     return {"files": len(files), "per_file": best / len(files)}
 

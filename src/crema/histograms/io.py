@@ -146,13 +146,8 @@ def _decode(node: Any, arrays: Any, layouts: dict | None = None) -> Any:
     if "$scalar" in node:
         return arrays[node["$scalar"]][()]
     if "$hist" in node:
-        if layouts is None:
-            h = _empty_histogram(node, arrays)
-        else:  # files that repeat a layout (chunk outputs): built once, then copied
-            key = (node["class"], node["storage"], tuple(node["shape"]), _layout(node["$hist"], arrays))
-            if key not in layouts:
-                layouts[key] = _empty_histogram(node, arrays)
-            h = layouts[key].copy()
+        # files that repeat a layout (chunk outputs): built once, then copied
+        h = _empty_histogram(node, arrays) if layouts is None else _template(node, arrays, layouts).copy()
         h.view(flow=True).view(np.ndarray)[...] = arrays[node["contents"]]
         return h
     if "$awkward" in node:
@@ -188,10 +183,9 @@ def _add_into(total: Any, node: Any, arrays: Any, layouts: dict) -> Any:
     if isinstance(node, dict) and "$scalar" in node and isinstance(total, np.generic):
         return total + arrays[node["$scalar"]][()]
     if isinstance(node, dict) and "$hist" in node and node["storage"] in _CELLWISE:
-        key = (node["class"], node["storage"], tuple(node["shape"]), _layout(node["$hist"], arrays))
-        template = layouts.get(key)
-        if (template is not None and type(total) is type(template) and total.storage_type is template.storage_type
-                and total.axes == template.axes):
+        template = _template(node, arrays, layouts)
+        same = type(total) is type(template) and total.storage_type is template.storage_type
+        if same and total.axes == template.axes:
             cells = total.view(flow=True).view(np.ndarray)
             add = arrays[node["contents"]]
             if cells.dtype.names:  # Weight: value and variance
@@ -203,6 +197,14 @@ def _add_into(total: Any, node: Any, arrays: Any, layouts: dict) -> Any:
     from coffea.processor.accumulator import iadd
 
     return iadd(total, _decode(node, arrays, layouts))
+
+
+def _template(node: dict, arrays: Any, layouts: dict) -> Any:
+    """The empty histogram of an encoded histogram's layout, built once into ``layouts``."""
+    key = (node["class"], node["storage"], tuple(node["shape"]), _layout(node["$hist"], arrays))
+    if key not in layouts:
+        layouts[key] = _empty_histogram(node, arrays)
+    return layouts[key]
 
 
 def _layout(node: Any, arrays: Any) -> tuple:
